@@ -1,0 +1,95 @@
+"""The intermediate representation every graph view is built from."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """A parameter of the traced module, known by name and shape only (it may live on ``meta``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Op:
+    """One operation of the forward pass, in execution (hence topological) order.
+
+    ``params`` maps a role ("weight", "bias", "operand", ...) to a parameter name. ``inputs`` are the
+    indices of the ops whose results this op reads, in argument order.
+    """
+
+    index: int
+    kind: str
+    function: str
+    module_path: str
+    module_type: str
+    inputs: list[int] = field(default_factory=list)
+    params: dict[str, str] = field(default_factory=dict)
+    in_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    out_shape: tuple[int, ...] = ()
+    attrs: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class ModelIR:
+    """A traced network: ops in topological order plus every parameter of the module.
+
+    ``unused`` lists parameters that no op reads in the traced forward pass; they are reported,
+    never dropped silently. A parameter read by several ops (tied weights) is owned by the first.
+    """
+
+    model_type: str
+    ops: list[Op]
+    parameters: dict[str, ParamInfo]
+    outputs: list[int]
+    unused: list[str]
+
+    def owner(self) -> dict[str, int]:
+        """Parameter name -> index of the first op that reads it."""
+        owners: dict[str, int] = {}
+        for op in self.ops:
+            for name in op.params.values():
+                owners.setdefault(name, op.index)
+        return owners
+
+    def tied(self) -> dict[str, list[int]]:
+        """Parameters read by more than one op (e.g. GPT-2's lm_head sharing wte), with the readers."""
+        readers: dict[str, list[int]] = {}
+        for op in self.ops:
+            for name in op.params.values():
+                readers.setdefault(name, []).append(op.index)
+        return {name: ops for name, ops in readers.items() if len(ops) > 1}
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel for p in self.parameters.values())
+
+    def summary(self) -> str:
+        """A short human-readable account: op counts by kind, parameters covered, anything unused."""
+        kinds = Counter(op.kind for op in self.ops)
+        edges = sum(len(op.inputs) for op in self.ops)
+        lines = [
+            f"{self.model_type}: {len(self.ops)} ops, {edges} data-flow edges, "
+            f"{len(self.parameters)} parameter tensors ({self.num_parameters:,} values)",
+            "  ops: " + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()),
+        ]
+        tied = self.tied()
+        if tied:
+            lines.append("  tied: " + ", ".join(f"{name} (read by {len(ops)} ops)" for name, ops in tied.items()))
+        if self.unused:
+            lines.append("  not read by the forward pass: " + ", ".join(self.unused))
+        return "\n".join(lines)
