@@ -16,8 +16,9 @@ from .vocab import OP_INDEX
 DEFAULT_MAX_DISTANCE = 8
 
 
-def to_op_graph(model_or_ir: nn.Module | ModelIR, inputs: Inputs = None,
-                max_distance: int = DEFAULT_MAX_DISTANCE) -> Data:
+def to_op_graph(
+    model_or_ir: nn.Module | ModelIR, inputs: Inputs = None, max_distance: int = DEFAULT_MAX_DISTANCE
+) -> Data:
     """Convert a module (traced on ``inputs``) or an existing IR into a PyG ``Data`` op graph.
 
     Fields, with ``N`` nodes:
@@ -39,8 +40,7 @@ def to_op_graph(model_or_ir: nn.Module | ModelIR, inputs: Inputs = None,
         raise ValueError(f"max_distance must be at least 1, got {max_distance}")
     owner = ir.owner()
     params = [
-        [(name, ir.parameters[name].shape) for name in op.params.values() if owner[name] == op.index]
-        for op in ir.ops
+        [(name, ir.parameters[name].shape) for name in op.params.values() if owner[name] == op.index] for op in ir.ops
     ]
     src = [i for op in ir.ops for i in op.inputs]
     dst = [op.index for op in ir.ops for _ in op.inputs]
@@ -85,8 +85,9 @@ def _kernel(dims: tuple[int, ...]) -> list[int]:
     return [height, dims[-1]]
 
 
-def shortest_path_pairs(num_nodes: int, src: list[int], dst: list[int],
-                        max_distance: int) -> tuple[torch.Tensor, torch.Tensor]:
+def shortest_path_pairs(
+    num_nodes: int, src: list[int], dst: list[int], max_distance: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Undirected hop distances between all pairs up to ``max_distance``, by a bounded BFS per node.
 
     Op graphs are long chains of low degree, so each BFS touches few nodes: linear in N in practice.

@@ -32,9 +32,13 @@ from .vocab import (
 )
 
 # Calls that return metadata, never activations: skipped before any bookkeeping.
-_METADATA = frozenset({"size", "dim", "numel", "shape", "dtype", "device", "is_floating_point", "stride",
-                       "is_contiguous", "ndim", "requires_grad", "is_cuda", "data_ptr", "element_size",
-                       "__len__", "__bool__", "__format__", "__repr__", "item", "tolist", "grad", "layout"})  # fmt: skip
+_METADATA = frozenset(
+    {
+        "size", "dim", "numel", "shape", "dtype", "device", "is_floating_point", "stride", "is_contiguous",
+        "ndim", "requires_grad", "is_cuda", "data_ptr", "element_size", "__len__", "__bool__", "__format__",
+        "__repr__", "item", "tolist", "grad", "layout",
+    }
+)  # fmt: skip
 _MATMULS = frozenset({"matmul", "mm", "bmm", "__matmul__", "__rmatmul__"})
 
 # A tag says where a tracked tensor comes from.
@@ -213,9 +217,7 @@ class _Recorder(TorchFunctionMode):
             op.index = renumber[old]
             op.inputs = [renumber[i] for i in op.inputs]
             ops.append(op)
-        parameters = {
-            name: ParamInfo(name, tuple(p.shape), p.dtype) for name, p in self.model.named_parameters()
-        }
+        parameters = {name: ParamInfo(name, tuple(p.shape), p.dtype) for name, p in self.model.named_parameters()}
         read = {name for op in ops for name in op.params.values()}
         unused = [name for name in parameters if name not in read]
         return ModelIR(type(self.model).__name__, ops, parameters, sorted({renumber[o] for o in outputs}), unused)
