@@ -234,13 +234,15 @@ def _ancestors(ops: list[Op], outputs: list[int]) -> set[int]:
 
 
 def _annotate(op: Op, name: str, sources, args, kwargs) -> None:
-    """Attributes the graph views need: weight layout of linears and the grouping of convolutions."""
+    """Attributes the graph views need: weight layout of linears, conv grouping, concat axis."""
     if op.kind == "linear":
         weight_is_second = name == "addmm" or (name in _MATMULS and sources[-1][0] == "weight")
         op.attrs["weight_layout"] = "in_out" if weight_is_second else "out_in"
     elif op.kind == "conv":
         op.attrs["groups"] = kwargs.get("groups", args[6] if len(args) > 6 else 1)
         op.attrs["transposed"] = name.startswith("conv_transpose")
+    elif op.kind == "concat":
+        op.attrs["dim"] = kwargs.get("dim", args[1] if len(args) > 1 else 0)
 
 
 def _whole_module_kind(module: nn.Module) -> str | None:

@@ -1,0 +1,287 @@
+"""Neuron graph: exact inverse, hand-worked layouts, and permutation equivariance."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from hypernets.graph import UnsupportedModuleError
+from hypernets.graph.neuron_graph import EDGE_TYPES, NODE_TYPES, NodePlacement, from_neuron_graph, to_neuron_graph
+
+
+class ResidualCNN(nn.Module):
+    """A user-written residual block with batch norm, a projection shortcut and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv1 = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.shortcut = nn.Conv2d(4, 6, 1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y)) + self.shortcut(x)
+        return self.head(torch.relu(y).mean(dim=(2, 3)))
+
+
+def _randomize_norm_statistics(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 2)
+            module.bias.data.uniform_(-1, 1)
+    return model
+
+
+def _vit(**kwargs) -> nn.Module:
+    options = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3)
+    return timm.models.vision_transformer.VisionTransformer(**{**options, **kwargs})
+
+
+def _gpt2() -> nn.Module:
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=20, n_positions=8))
+
+
+MODELS = {
+    "mlp": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3)), (2, 3, 2, 2)),
+    "vgg_grouped_flatten": (
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5),
+        ),
+        (1, 3, 8, 8),
+    ),
+    "residual_cnn": (ResidualCNN, (1, 3, 8, 8)),
+    "vit_cls": (_vit, None),
+    "vit_avg_layerscale": (lambda: _vit(class_token=False, global_pool="avg", init_values=0.1), None),
+    "gpt2": (_gpt2, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_round_trip_is_exact_and_loads(name: str) -> None:
+    torch.manual_seed(0)
+    build, inputs = MODELS[name]
+    model = _randomize_norm_statistics(build())
+    graph = to_neuron_graph(model, inputs)
+    tensors = from_neuron_graph(graph)
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert tensors.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(tensors[key], value), key
+    # Write modified graph values back: the model must change exactly as the graph did.
+    graph.edge_attr = graph.edge_attr * 2
+    graph.x = graph.x * 2
+    restored = build()
+    restored.load_state_dict(from_neuron_graph(graph), strict=False)
+    for key, value in restored.state_dict().items():
+        if key in expected:
+            assert torch.equal(value, expected[key] * 2), key
+
+
+def test_linear_layout_worked_by_hand() -> None:
+    layer = nn.Linear(2, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
+        layer.bias.copy_(torch.tensor([7.0, 8.0, 9.0]))
+    graph = to_neuron_graph(layer, (1, 2))
+    # Nodes 0-1: inputs; 2-4: outputs. Edge (input j -> output i) carries weight[i, j], output-major.
+    assert graph.num_nodes == 5
+    assert graph.node_type.tolist() == [NODE_TYPES.index("input")] * 2 + [NODE_TYPES.index("output")] * 3
+    assert graph.edge_index.tolist() == [[0, 1, 0, 1, 0, 1], [2, 2, 3, 3, 4, 4]]
+    assert graph.edge_attr.flatten().tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert graph.x[2:, 0].tolist() == [7.0, 8.0, 9.0]
+    assert graph.edge_type.tolist() == [EDGE_TYPES.index("weight")] * 6
+
+
+def test_conv_kernel_is_one_edge_feature_vector() -> None:
+    conv = nn.Conv2d(2, 1, kernel_size=2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(8.0).view(1, 2, 2, 2))
+    graph = to_neuron_graph(conv, (1, 2, 4, 4))
+    assert graph.edge_index.tolist() == [[0, 1], [2, 2]]
+    assert graph.edge_attr.tolist() == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+
+
+def test_residual_addition_is_identity_edges() -> None:
+    graph = to_neuron_graph(ResidualCNN(), (1, 3, 8, 8))
+    sums = (graph.node_type == NODE_TYPES.index("sum")).nonzero().flatten()
+    assert len(sums) == 6
+    into_sums = torch.isin(graph.edge_index[1], sums)
+    assert (graph.edge_type[into_sums] == EDGE_TYPES.index("identity")).all()
+    assert int(into_sums.sum()) == 12  # two addends of 6 channels each
+
+
+def test_tied_weight_is_written_back_once() -> None:
+    graph = to_neuron_graph(_gpt2())
+    assert graph.aliases == {"lm_head.weight": "transformer.wte.weight"}
+    assert int((graph.edge_type == EDGE_TYPES.index("tied")).sum()) == 20 * 16
+
+
+def test_meta_model_gives_counts_without_memory() -> None:
+    with torch.device("meta"):
+        model = _gpt2()
+    graph = to_neuron_graph(model)
+    assert graph.edge_index.device.type == "meta"
+    assert graph.edge_attr.shape[0] == to_neuron_graph(_gpt2()).edge_attr.shape[0]
+
+
+def test_unsupported_op_names_the_module() -> None:
+    class EagerAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(4, 12)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return (q @ k.transpose(-2, -1)).softmax(-1) @ v
+
+    with pytest.raises(UnsupportedModuleError, match=r"'<root>' \(EagerAttention\).*matmul"):
+        to_neuron_graph(EagerAttention(), (1, 3, 4))
+
+
+# -- permutation equivariance -------------------------------------------------------------------
+
+
+def _nodes_of(graph, name: str) -> torch.Tensor:
+    return next(p.nodes for p in graph.placements if isinstance(p, NodePlacement) and p.name == name)
+
+
+def _assert_permuted(graph, permuted, sigma: torch.Tensor) -> None:
+    """``permuted`` is ``graph`` with node n of ``permuted`` being node ``sigma[n]`` of ``graph``."""
+    assert torch.equal(permuted.x, graph.x[sigma])
+    assert torch.equal(permuted.node_type, graph.node_type[sigma])
+
+    def canonical(edge_index, edge_type, edge_attr):
+        n = graph.num_nodes
+        key = (edge_index[0] * n + edge_index[1]) * len(EDGE_TYPES) + edge_type
+        order = key.argsort()
+        return key[order], edge_attr[order]
+
+    keys, attrs = canonical(graph.edge_index, graph.edge_type, graph.edge_attr)
+    keys2, attrs2 = canonical(sigma[permuted.edge_index], permuted.edge_type, permuted.edge_attr)
+    assert torch.equal(keys, keys2)
+    assert torch.equal(attrs, attrs2)
+
+
+def _check_symmetry(model: nn.Module, permuted: nn.Module, inputs, sigma_of) -> None:
+    x = torch.randn(*inputs) if isinstance(inputs, tuple) else None
+    model.eval(), permuted.eval()
+    if x is not None:
+        torch.testing.assert_close(model(x), permuted(x))  # the permutation is a true symmetry
+    graph, graph2 = to_neuron_graph(model, inputs), to_neuron_graph(permuted, inputs)
+    _assert_permuted(graph, graph2, sigma_of(graph))
+
+
+def _sigma(graph, moves: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    sigma = torch.arange(graph.num_nodes)
+    for nodes, perm in moves:
+        sigma[nodes] = nodes[perm]
+    return sigma
+
+
+def test_permuting_cnn_channels_permutes_nodes_only() -> None:
+    torch.manual_seed(0)
+    model = _randomize_norm_statistics(ResidualCNN())
+    p = torch.randperm(6)
+    permuted = copy.deepcopy(model)
+    with torch.no_grad():
+        permuted.conv1.weight.copy_(model.conv1.weight[p])
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(permuted.bn1, key).copy_(getattr(model.bn1, key)[p])
+        permuted.conv2.weight.copy_(model.conv2.weight[:, p])
+    _check_symmetry(model, permuted, (1, 3, 8, 8), lambda g: _sigma(g, [(_nodes_of(g, "bn1.weight"), p)]))
+
+
+def test_permuting_mlp_hidden_neurons_permutes_nodes_only() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
+    p = torch.randperm(7)
+    permuted = copy.deepcopy(model)
+    with torch.no_grad():
+        permuted[0].weight.copy_(model[0].weight[p])
+        permuted[0].bias.copy_(model[0].bias[p])
+        permuted[2].weight.copy_(model[2].weight[:, p])
+    _check_symmetry(model, permuted, (3, 5), lambda g: _sigma(g, [(_nodes_of(g, "0.bias"), p)]))
+
+
+def _attention_permutation(heads: int, head_dim: int):
+    """Permute heads, q/k dimensions jointly within heads, and v dimensions within heads."""
+    ph, pqk, pv = torch.randperm(heads), torch.randperm(head_dim), torch.randperm(head_dim)
+    qk = (ph[:, None] * head_dim + pqk[None, :]).flatten()
+    v = (ph[:, None] * head_dim + pv[None, :]).flatten()
+    return ph, qk, v
+
+
+def test_permuting_vit_heads_and_mlp_permutes_nodes_only() -> None:
+    torch.manual_seed(0)
+    model = _vit(depth=1, num_heads=4)
+    dim, heads, head_dim, hidden = 16, 4, 4, 64
+    ph, qk, v = _attention_permutation(heads, head_dim)
+    rows = torch.cat([qk, dim + qk, 2 * dim + v])
+    pm = torch.randperm(hidden)
+    permuted = copy.deepcopy(model)
+    block, block2 = model.blocks[0], permuted.blocks[0]
+    with torch.no_grad():
+        block2.attn.qkv.weight.copy_(block.attn.qkv.weight[rows])
+        block2.attn.qkv.bias.copy_(block.attn.qkv.bias[rows])
+        block2.attn.proj.weight.copy_(block.attn.proj.weight[:, v])
+        block2.mlp.fc1.weight.copy_(block.mlp.fc1.weight[pm])
+        block2.mlp.fc1.bias.copy_(block.mlp.fc1.bias[pm])
+        block2.mlp.fc2.weight.copy_(block.mlp.fc2.weight[:, pm])
+
+    def sigma_of(graph):
+        head_nodes = (graph.node_type == NODE_TYPES.index("head")).nonzero().flatten()
+        attention_nodes = (graph.node_type == NODE_TYPES.index("attention")).nonzero().flatten()
+        return _sigma(
+            graph,
+            [
+                (_nodes_of(graph, "blocks.0.attn.qkv.bias"), rows),
+                (head_nodes, ph),
+                (attention_nodes, v),
+                (_nodes_of(graph, "blocks.0.mlp.fc1.bias"), pm),
+            ],
+        )
+
+    _check_symmetry(model, permuted, (1, 3, 16, 16), sigma_of)
+
+
+def test_permuting_gpt2_heads_permutes_nodes_only() -> None:
+    torch.manual_seed(0)
+    model = _gpt2().eval()
+    dim, heads, head_dim = 16, 2, 8
+    ph, qk, v = _attention_permutation(heads, head_dim)
+    columns = torch.cat([qk, dim + qk, 2 * dim + v])
+    permuted = copy.deepcopy(model)
+    attn, attn2 = model.transformer.h[0].attn, permuted.transformer.h[0].attn
+    with torch.no_grad():  # HF Conv1D stores weights as (in, out)
+        attn2.c_attn.weight.copy_(attn.c_attn.weight[:, columns])
+        attn2.c_attn.bias.copy_(attn.c_attn.bias[columns])
+        attn2.c_proj.weight.copy_(attn.c_proj.weight[v])
+    ids = torch.randint(0, 20, (1, 8))
+    torch.testing.assert_close(model(ids).logits, permuted(ids).logits)
+
+    def sigma_of(graph):
+        head_nodes = (graph.node_type == NODE_TYPES.index("head")).nonzero().flatten()[:heads]
+        attention_nodes = (graph.node_type == NODE_TYPES.index("attention")).nonzero().flatten()[:dim]
+        return _sigma(
+            graph,
+            [
+                (_nodes_of(graph, "transformer.h.0.attn.c_attn.bias"), columns),
+                (head_nodes, ph),
+                (attention_nodes, v),
+            ],
+        )
+
+    _assert_permuted(to_neuron_graph(model), to_neuron_graph(permuted), sigma_of(to_neuron_graph(model)))
