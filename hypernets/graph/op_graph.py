@@ -34,6 +34,7 @@ def to_op_graph(
     - ``params``: per node, the (name, shape) of each parameter tensor the node owns (tied parameters
       belong to their first reader only), so a hypernetwork can write predictions back.
     - ``names``: per node, the module path.
+    - ``unused``: parameters the forward pass never reads, which no node owns.
     """
     ir = model_or_ir if isinstance(model_or_ir, ModelIR) else trace(model_or_ir, inputs)
     if max_distance < 1:
@@ -53,6 +54,7 @@ def to_op_graph(
         spd=spd,
         params=params,
         names=[op.module_path for op in ir.ops],
+        unused=list(ir.unused),
         num_nodes=len(ir.ops),
     )
 

@@ -1,0 +1,10 @@
+"""Fused ragged low-rank decoding of hypernetwork outputs into one flat parameter buffer.
+
+``decode`` turns packed low-rank factors (and raw 1-D outputs) for a whole target model into one buffer in a
+single launch on GPU; ``split`` gives per-tensor views of it.  See ``docs/kernels.md``.
+"""
+
+from hypernets.kernels.dispatch import decode
+from hypernets.kernels.layout import DecodeLayout, split
+
+__all__ = ["DecodeLayout", "decode", "split"]
