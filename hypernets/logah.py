@@ -1,0 +1,208 @@
+"""LoGAH: a low-rank graph hypernetwork that predicts every parameter of a ViT, GPT-2 or CNN.
+
+A graph transformer reads the target's op graph; per node, a low-rank decoder emits factors
+``A``, ``B`` so that ``W = A @ B.T``, and a small decoder emits 1-D tensors. With MIP on, inputs
+are encoded with constant norm and outputs are residual: ``theta = theta_0 + h(graph)``, where
+``theta_0`` is a reproducible random init (seeded by parameter name) times a learned gain per op
+kind, and ``h`` starts at a tenth of the init scale.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+
+from hypernets.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from hypernets.graph import to_op_graph
+from hypernets.graph.inputs import Inputs
+from hypernets.graph.vocab import OP_KINDS
+from hypernets.kernels import decode
+from hypernets.nn.decoders import LowRankDecoder, TiledDecoder, VectorDecoder
+from hypernets.nn.encoder import EncoderConfig, GraphEncoder
+from hypernets.nn.plan import VECTOR_ROLES, TargetPlan
+
+CHECKPOINT_KIND = "hypernets.LoGAH"
+INITIAL_RESIDUAL_GAIN = 0.1
+
+
+@dataclass(frozen=True)
+class LoGAHConfig:
+    """Sizes and switches of a LoGAH; saved as ``config.json`` next to the weights."""
+
+    hidden: int = 128
+    layers: int = 3
+    heads: int = 8
+    max_distance: int = 8
+    rank: int = 16
+    max_ck: int = 512
+    decoder: str = "lowrank"  # "lowrank" (LoGAH) or "tiled" (GHN-3 baseline)
+    tile: int = 64  # chunk size of the tiled decoder
+    mip: bool = True
+    seed: int = 0  # seeds theta_0, the MIP residual base
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("lowrank", "tiled"):
+            raise ValueError(f"decoder must be 'lowrank' or 'tiled', got {self.decoder!r}")
+        for name in ("hidden", "layers", "heads", "max_distance", "rank", "max_ck", "tile"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LoGAHConfig.{name} must be positive, got {getattr(self, name)}")
+
+
+class LoGAH(nn.Module):
+    """Predicts the parameters of target networks from their op graphs.
+
+    ``forward(graphs)`` is differentiable (meta-training); :meth:`predict`, :meth:`predict_many`
+    and :meth:`predict_` are the inference API.
+    """
+
+    def __init__(self, config: LoGAHConfig | None = None, **overrides) -> None:
+        super().__init__()
+        self.config = config = LoGAHConfig(**{**(asdict(config) if config else {}), **overrides})
+        self.encoder = GraphEncoder(
+            EncoderConfig(
+                hidden=config.hidden,
+                layers=config.layers,
+                heads=config.heads,
+                max_distance=config.max_distance,
+                mip=config.mip,
+            )
+        )
+        if config.decoder == "lowrank":
+            self.matrix_decoder: nn.Module = LowRankDecoder(config.hidden, config.rank, config.max_ck)
+        else:
+            self.matrix_decoder = TiledDecoder(config.hidden, config.tile)
+        self.vector_decoder = VectorDecoder(config.hidden, config.max_ck)
+        if config.mip:
+            self.residual_gain = nn.Parameter(torch.full((len(OP_KINDS),), INITIAL_RESIDUAL_GAIN))
+            self.base_gain = nn.Parameter(torch.ones(len(OP_KINDS)))
+            self.vector_offset = nn.Parameter(torch.zeros(len(VECTOR_ROLES)))
+
+    # -- differentiable prediction ----------------------------------------------------------------
+    def forward(
+        self, graphs: Sequence[Data], dtype: torch.dtype | None = None, backend: str = "auto"
+    ) -> list[dict[str, Tensor]]:
+        """Predicted tensors, one ``{name: tensor}`` per op graph, in exact shapes, ``dtype`` (fp32)."""
+        plan = TargetPlan(graphs, self.config.max_ck)
+        device = self.vector_decoder.head[0].weight.device
+        h = self.encoder(Batch.from_data_list(list(graphs)).to(device))
+        scale = plan.scale(self.config.rank).to(device)
+        vectors = self.vector_decoder(h, plan)
+        vector_base = plan.vector_base().to(device)
+        theta0 = self._theta0(plan, vector_base, device) if self.config.mip else None
+        if not self.config.mip:  # fold the constants in: scale * (v + base / scale) = scale * v + base
+            vectors = vectors + vector_base / scale[plan.layout.n_matrices :].repeat_interleave(
+                torch.tensor(plan.layout.vector_sizes, device=device)
+            )
+        out_dtype = dtype or torch.float32
+        if isinstance(self.matrix_decoder, LowRankDecoder):
+            a, b = self.matrix_decoder(h, plan)
+            if self.config.mip:
+                a = a * self.residual_gain[plan.matrix_kinds.to(device)][plan.a.row_entries.to(device)][:, None]
+            flat = decode(a, b, plan.layout, scale, theta0, vectors, out_dtype, backend)
+        else:
+            flat = self._tiled_flat(h, plan, scale, theta0, vectors, out_dtype)
+        return plan.unflatten(flat)
+
+    def _theta0(self, plan: TargetPlan, vector_base: Tensor, device: torch.device) -> Tensor:
+        gains = self.base_gain[plan.matrix_kinds.to(device)]
+        matrices = [
+            base.to(device) * gain for base, gain in zip(plan.matrix_base(self.config.seed), gains, strict=True)
+        ]
+        roles = plan.vector_roles.to(device).repeat_interleave(torch.tensor(plan.layout.vector_sizes, device=device))
+        return torch.cat([*matrices, vector_base + self.vector_offset[roles]])
+
+    def _tiled_flat(self, h, plan, scale, theta0, vectors, out_dtype) -> Tensor:
+        """The baseline's flat buffer, same contract as :func:`hypernets.kernels.decode`, in eager torch."""
+        gains = self.residual_gain[plan.matrix_kinds.to(h.device)] if self.config.mip else None
+        parts = []
+        for i, matrix in enumerate(self.matrix_decoder(h, plan)):
+            parts.append(matrix * scale[i] * (gains[i] if gains is not None else 1))
+        vector_scale = scale[plan.layout.n_matrices :].repeat_interleave(
+            torch.tensor(plan.layout.vector_sizes, device=h.device)
+        )
+        flat = torch.cat([*parts, vectors * vector_scale])
+        return (flat if theta0 is None else flat + theta0).to(out_dtype)
+
+    # -- inference API ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_many(
+        self, models: Sequence[nn.Module], inputs: Sequence[Inputs] | None = None, dtype: torch.dtype | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Predict every parameter of each model in one batched pass of the hypernetwork."""
+        inputs = inputs if inputs is not None else [None] * len(models)
+        graphs = [to_op_graph(m, i, max_distance=self.config.max_distance) for m, i in zip(models, inputs, strict=True)]
+        for model, graph in zip(models, graphs, strict=True):
+            if graph.unused:
+                raise ValueError(
+                    f"{type(model).__name__}: parameters {', '.join(graph.unused)} are never read by the forward "
+                    f"pass, so the hypernetwork cannot place them; remove them or freeze them before predicting"
+                )
+        return self(graphs, dtype=dtype)
+
+    def predict(self, model: nn.Module, inputs: Inputs = None, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """Every parameter of ``model`` by name (tied parameters once), without touching the model."""
+        return self.predict_many([model], [inputs], dtype)[0]
+
+    @torch.no_grad()
+    def predict_(self, model: nn.Module, inputs: Inputs = None, device: str | torch.device | None = None) -> nn.Module:
+        """Fill every parameter of ``model`` in place with predictions, in its own dtypes.
+
+        A model built on the ``meta`` device is materialized on ``device`` (default: the
+        hypernetwork's) with predicted values, so a huge model never needs a random init first.
+        """
+        predicted = self.predict(model, inputs)
+        if any(p.is_meta for p in model.parameters()):
+            _materialize(model, device or self.vector_decoder.head[0].weight.device)
+        for name, param in model.named_parameters():
+            param.copy_(predicted[name])
+        return model
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """``config.json`` + ``model.safetensors`` in ``directory``, each written atomically."""
+        save_checkpoint(directory, {"kind": CHECKPOINT_KIND, **asdict(self.config)}, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoGAH:
+        config, state = load_checkpoint(directory, CHECKPOINT_KIND)
+        known = {f.name for f in fields(LoGAHConfig)}
+        unknown = sorted(set(config) - known - {"kind"})
+        if unknown:
+            raise CheckpointError(f"{directory}/config.json has unknown LoGAH settings: {', '.join(unknown)}")
+        try:
+            model = cls(LoGAHConfig(**{k: v for k, v in config.items() if k in known}))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}/config.json has invalid LoGAH settings: {err}") from err
+        load_state_strict(model, state, f"{directory}/model.safetensors")
+        return model.to(map_location)
+
+
+def _materialize(model: nn.Module, device: str | torch.device) -> None:
+    """``to_empty`` on ``device``, keeping tied parameters tied (``to_empty`` would untie them) and
+    resetting batch-norm statistics; any other buffer would be left uninitialized, so it is an error."""
+    resettable = {id(b) for m in model.modules() if hasattr(m, "reset_running_stats") for b in m.buffers()}
+    other = [name for name, b in model.named_buffers() if id(b) not in resettable]
+    if other:
+        raise ValueError(
+            f"{type(model).__name__} has buffers ({', '.join(other[:5])}) that a meta-device model cannot "
+            f"materialize with predictions alone; build it on a real device instead"
+        )
+    first: dict[int, str] = {}
+    aliases: list[tuple[str, str]] = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases.append((name, first[id(param)]))
+        else:
+            first[id(param)] = name
+    model.to_empty(device=device)
+    for alias, name in aliases:
+        owner, _, attribute = alias.rpartition(".")
+        setattr(model.get_submodule(owner), attribute, model.get_parameter(name))
+    for module in model.modules():
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()

@@ -1,0 +1,175 @@
+"""What a hypernetwork predicts for a batch of target networks, and where each value goes.
+
+A :class:`TargetPlan` is built once per batch of op graphs (it is pure bookkeeping: no learned
+state). It lists every parameter tensor the graphs own, gives each a 2-D *matrix view* (decoded
+low-rank) or a 1-D *vector* (decoded directly), the initialization statistics the decoder scales
+its output to, and the gather indices that assemble per-tensor factors from fixed-size decoder
+blocks. The flat buffer it describes is exactly the :class:`hypernets.kernels.DecodeLayout` one.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from hypernets.graph.vocab import OP_KINDS
+from hypernets.kernels import DecodeLayout, split
+
+VECTOR_ROLES: tuple[str, ...] = ("bias", "norm_weight", "norm_bias", "other")
+NORM_KINDS = frozenset({"layer_norm", "batch_norm", "group_norm", "rms_norm"})
+TABLE_KINDS = frozenset({"embedding", "add", "concat", "mul"})  # lookup tables, positions, tokens
+TABLE_STD = 0.02  # the std GPT-2 and timm ViTs initialise embeddings, positions and tokens with
+VECTOR_STD = 0.02  # predicted biases and norm parameters stay close to their usual init
+# (op is a normalization, parameter is a bias) -> role of a 1-D tensor
+_VECTOR_ROLE_OF = {
+    (True, True): "norm_bias",
+    (True, False): "norm_weight",
+    (False, True): "bias",
+    (False, False): "other",
+}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One parameter tensor of one target network, as the decoders see it."""
+
+    graph: int  # which network of the batch
+    name: str
+    shape: tuple[int, ...]
+    node: int  # node of the batched op graph that owns it
+    kind: str  # op kind of that node
+    rows: int  # matrix view (rows, cols); vectors have cols == 0
+    cols: int
+    std: float  # the std an initialization of this tensor should have
+    base: float  # the constant a vector starts from (1 for norm weights, else 0)
+    role: str = "weight"
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.cols > 0
+
+
+def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
+    """LoGAH's 2-D view: conv kernels (o, i, kh, kw) as (o*kh, i*kw), tables (1, T, D) as (T, D)."""
+    if len(shape) == 4:
+        return shape[0] * shape[2], shape[1] * shape[3]
+    if len(shape) == 3:
+        return shape[0] * shape[1], shape[2]
+    return shape[0], math.prod(shape[1:])
+
+
+def from_matrix_view(matrix: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`matrix_view` on values."""
+    if len(shape) == 4:
+        out, inp, kh, kw = shape
+        return matrix.view(out, kh, inp, kw).permute(0, 2, 1, 3)
+    return matrix.reshape(shape)
+
+
+def _entry(graph: int, node: int, kind: str, name: str, shape: tuple[int, ...], code: Tensor) -> TensorEntry:
+    if len(shape) >= 2:
+        rows, cols = matrix_view(shape)
+        if kind in TABLE_KINDS:
+            std = TABLE_STD
+        else:  # fan-in from the op graph's canonical (out, in, kh, kw): HF Conv1D stores (in, out)
+            main = math.prod(int(c) for c in code) == math.prod(shape)
+            fan_in = int(code[1] * code[2] * code[3]) if main else cols
+            std = 1.0 / math.sqrt(max(fan_in, 1))
+        return TensorEntry(graph, name, shape, node, kind, rows, cols, std, 0.0)
+    role = _VECTOR_ROLE_OF[(kind in NORM_KINDS, name.endswith("bias"))]
+    base = 1.0 if role == "norm_weight" else 0.0
+    return TensorEntry(graph, name, shape, node, kind, math.prod(shape), 0, VECTOR_STD, base, role)
+
+
+class TargetPlan:
+    """Every tensor to predict for ``graphs`` (a batch), matrices first, in the kernel's flat order."""
+
+    def __init__(self, graphs: Sequence[Data], max_ck: int) -> None:
+        entries: list[TensorEntry] = []
+        offset = 0
+        for g, graph in enumerate(graphs):
+            for node, params in enumerate(graph.params):
+                kind = OP_KINDS[int(graph.op[node])]
+                for name, shape in params:
+                    entries.append(_entry(g, offset + node, kind, name, tuple(shape), graph.shape[node]))
+            offset += graph.num_nodes
+        if not entries:
+            raise ValueError("the target networks have no parameters to predict")
+        self.num_graphs = len(graphs)
+        self.max_ck = max_ck
+        self.matrices = [e for e in entries if e.is_matrix]
+        self.vectors = [e for e in entries if not e.is_matrix]
+        self.layout = DecodeLayout(
+            tuple(e.rows for e in self.matrices),
+            tuple(e.cols for e in self.matrices),
+            tuple(e.rows for e in self.vectors),
+        )
+        self.a = _BlockRequests([(e.node, e.rows) for e in self.matrices], max_ck)
+        self.b = _BlockRequests([(e.node, e.cols) for e in self.matrices], max_ck)
+        self.v = _BlockRequests([(e.node, e.rows) for e in self.vectors], max_ck)
+        self.matrix_kinds = torch.tensor([OP_KINDS.index(e.kind) for e in self.matrices], dtype=torch.long)
+        self.vector_roles = torch.tensor([VECTOR_ROLES.index(e.role) for e in self.vectors], dtype=torch.long)
+
+    @property
+    def entries(self) -> list[TensorEntry]:
+        return self.matrices + self.vectors
+
+    def scale(self, rank: int) -> Tensor:
+        """Per-segment output scale: the init std, over sqrt(rank) for unit-RMS low-rank factors."""
+        stds = [e.std / math.sqrt(rank) for e in self.matrices] + [e.std for e in self.vectors]
+        return torch.tensor(stds, dtype=torch.float32)
+
+    def vector_base(self) -> Tensor:
+        """Per-element constants vectors start from (norm weights 1, the rest 0)."""
+        parts = [torch.full((e.rows,), e.base) for e in self.vectors]
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    def matrix_base(self, seed: int) -> list[Tensor]:
+        """A reproducible random init of every matrix, std as in :class:`TensorEntry`, in matrix view.
+
+        Seeded by the tensor's name, so a network gets the same base whatever batch it is in.
+        """
+        bases = []
+        for e in self.matrices:
+            generator = torch.Generator().manual_seed(seed ^ zlib.crc32(e.name.encode()))
+            bases.append(torch.randn(e.rows * e.cols, generator=generator) * e.std)
+        return bases
+
+    def unflatten(self, flat: Tensor) -> list[dict[str, Tensor]]:
+        """Split the flat decoded buffer into one ``{name: tensor}`` dict per network, exact shapes."""
+        results: list[dict[str, Tensor]] = [{} for _ in range(self.num_graphs)]
+        for entry, part in zip(self.entries, split(flat, self.layout), strict=True):
+            results[entry.graph][entry.name] = from_matrix_view(part, entry.shape)
+        return results
+
+
+class _BlockRequests:
+    """Rows of ragged factors assembled from fixed ``max_ck``-row decoder blocks.
+
+    A tensor with ``n`` rows asks its node for ``ceil(n / max_ck)`` blocks, block ``j`` conditioned
+    on ``j``: wide tensors get distinct rows, never one chunk copied over and over (GHN-3 tiling).
+    """
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], max_ck: int) -> None:
+        nodes, blocks, entries, index = [], [], [], []
+        for entry, (node, size) in enumerate(sizes):
+            first = len(nodes)
+            count = math.ceil(size / max_ck)
+            nodes += [node] * count
+            blocks += range(count)
+            entries += [entry] * count
+            index.append(torch.arange(size) + first * max_ck)
+        self.nodes = torch.tensor(nodes, dtype=torch.long)  # node each block is decoded from
+        self.blocks = torch.tensor(blocks, dtype=torch.long)  # block number within its tensor
+        self.entries = torch.tensor(entries, dtype=torch.long)  # tensor each block belongs to
+        self.index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)  # packed row -> block row
+        self.row_entries = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor([s for _, s in sizes]))
+
+    def __len__(self) -> int:
+        return len(self.nodes)
