@@ -24,10 +24,17 @@ def save_checkpoint(directory: str | os.PathLike, config: dict[str, Any], state:
     """Write both files to temporary names, then rename them: a crash never leaves a half-written file."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(tensors, path))
+    save_tensors(directory / WEIGHTS_FILE, state)
     _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(json.dumps(config, indent=2) + "\n"))
     return directory
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """One safetensors file, written atomically; tensors are copied to contiguous CPU memory first."""
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(Path(path), lambda temporary: save_file(plain, temporary, metadata=metadata))
 
 
 def load_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

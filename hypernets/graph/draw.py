@@ -25,6 +25,10 @@ DEFAULT_MAX_NODES = 400
 # Colors are indexed by type id, so a kind has the same color in every picture.
 _NODE_COLORS = [*colormaps["tab20"].colors, *colormaps["tab20b"].colors]
 _EDGE_COLORS = colormaps["Set1"].colors
+_INCH = 0.3  # inches per unit of the layout
+_ARC_BULGE = 0.125  # how far a curved edge strays from the straight line, per unit of its length
+_CURVED_EDGES = {"arrows": True, "arrowstyle": "-", "connectionstyle": f"arc3,rad={2 * _ARC_BULGE}", "width": 0.8}
+_STRAIGHT_EDGES = {"arrows": False, "width": 0.5, "alpha": 0.4}  # one LineCollection: fast for many edges
 
 
 def draw_op_graph(data: Data, path: str | os.PathLike[str], title: str | None = None) -> None:
@@ -33,7 +37,7 @@ def draw_op_graph(data: Data, path: str | os.PathLike[str], title: str | None = 
     edge_type = torch.zeros(edge_index.shape[1], dtype=torch.long)
     depth = layer_depths(edge_index, data.num_nodes)
     title = title or f"op graph: {data.num_nodes} nodes, {edge_index.shape[1]} edges"
-    _draw(edge_index, edge_type, ("data flow",), depth, data.op.cpu(), OP_KINDS, path, title)
+    _draw(edge_index, edge_type, ("data flow",), depth, data.op.cpu(), OP_KINDS, path, title, curved=True)
 
 
 def draw_neuron_graph(
@@ -92,25 +96,29 @@ def _draw(
     node_names: Sequence[str],
     path: str | os.PathLike[str],
     title: str,
+    curved: bool = False,
 ) -> None:
-    """Lay nodes ``0..N-1`` out in their depth columns and save the picture, with a legend of the types present."""
-    num_nodes = len(node_type)
+    """Lay nodes ``0..N-1`` out in their depth columns and save the picture, with a legend of the types present.
+
+    ``curved`` bends each edge by its length, so that skip connections along a chain (residuals) stay visible.
+    """
     graph = nx.DiGraph()
-    graph.add_nodes_from((node, {"column": column}) for node, column in enumerate(depth.tolist()))
+    graph.add_nodes_from(range(len(node_type)))
     edges = edge_index.t().tolist()
     graph.add_edges_from(edges)
-    pos = nx.multipartite_layout(graph, subset_key="column")
-
-    columns = torch.bincount(depth)
-    figure = Figure(figsize=(min(max(len(columns) * 0.3, 8), 40), min(max(int(columns.max()) * 0.15, 5), 20)))
-    ax = figure.add_subplot()
+    pos = _column_layout(depth)
+    width, height = int(depth.max()) + 1, max(abs(y) for _, y in pos.values()) * 2 + 1
+    margin = 0.6 + (_ARC_BULGE * int((depth[edge_index[1]] - depth[edge_index[0]]).max()) if curved else 0)
+    figure = Figure(figsize=(min(max(width * _INCH, 4), 40), min(max((height + 2 * margin) * _INCH, 1.5), 20)))
+    ax = figure.add_subplot(xlim=(-0.5, width - 0.5), ylim=(-height / 2 - margin, height / 2 + margin))
+    spacing = figure.get_figwidth() * 72 / width  # points between columns
     nx.draw_networkx_edges(
         graph, pos, edgelist=edges, edge_color=[_EDGE_COLORS[t] for t in edge_type.tolist()],
-        width=0.5, alpha=0.4, arrows=False, ax=ax,
+        ax=ax, **(_CURVED_EDGES if curved else _STRAIGHT_EDGES),
     )  # fmt: skip
     nx.draw_networkx_nodes(
         graph, pos, node_color=[_NODE_COLORS[t] for t in node_type.tolist()],
-        node_size=min(max(4000 / num_nodes, 6), 80), ax=ax,
+        node_size=min(max((0.6 * spacing) ** 2, 4), 60), ax=ax,
     )  # fmt: skip
     handles = [_marker(_NODE_COLORS[t], node_names[t]) for t in sorted(set(node_type.tolist()))]
     if len(edge_names) > 1:
@@ -119,6 +127,17 @@ def _draw(
     ax.set_title(title)
     ax.set_axis_off()
     figure.savefig(path, format="png", dpi=120, bbox_inches="tight")
+
+
+def _column_layout(depth: Tensor) -> dict[int, tuple[float, float]]:
+    """x = depth, y = rank within the column, centred; one unit between neighbours either way."""
+    sizes = torch.bincount(depth).tolist()
+    filled = [0] * len(sizes)
+    pos = {}
+    for node, column in enumerate(depth.tolist()):
+        pos[node] = (column, filled[column] - (sizes[column] - 1) / 2)
+        filled[column] += 1
+    return pos
 
 
 def _marker(color: tuple[float, ...], label: str) -> Line2D:
