@@ -10,7 +10,7 @@ kind, and ``h`` starts at a tenth of the init scale.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -28,6 +28,7 @@ from hypernets.nn.plan import VECTOR_ROLES, TargetPlan
 
 CHECKPOINT_KIND = "hypernets.LoGAH"
 INITIAL_RESIDUAL_GAIN = 0.1
+PREDICT_PART_VALUES = 2**26  # predict_ decodes 64M values (256 MB in fp32) at a time
 
 
 @dataclass(frozen=True)
@@ -87,33 +88,51 @@ class LoGAH(nn.Module):
         self, graphs: Sequence[Data], dtype: torch.dtype | None = None, backend: str = "auto"
     ) -> list[dict[str, Tensor]]:
         """Predicted tensors, one ``{name: tensor}`` per op graph, in exact shapes, ``dtype`` (fp32)."""
-        plan = TargetPlan(graphs, self.config.max_ck)
+        results: list[dict[str, Tensor]] = [{} for _ in graphs]
+        for part in self.predictions(graphs, dtype, backend):
+            for result, predicted in zip(results, part, strict=True):
+                result.update(predicted)
+        return results
+
+    def predictions(
+        self,
+        graphs: Sequence[Data],
+        dtype: torch.dtype | None = None,
+        backend: str = "auto",
+        max_values: int | None = None,
+    ) -> Iterator[list[dict[str, Tensor]]]:
+        """Like :meth:`forward`, in parts of at most ``max_values`` predicted values each (one part when
+        ``None``): the graph is encoded once, then decoded part by part, so that a caller that stores each
+        part away bounds the memory prediction needs beyond the parameters themselves."""
         device = self.vector_decoder.head[0].weight.device
         h = self.encoder(Batch.from_data_list(list(graphs)).to(device))
+        for plan in TargetPlan.for_graphs(graphs, self.config.max_ck, max_values):
+            yield plan.unflatten(self._decode(h, plan, dtype or torch.float32, backend))
+
+    def _decode(self, h: Tensor, plan: TargetPlan, out_dtype: torch.dtype, backend: str) -> Tensor:
+        """The plan's flat parameter buffer from node embeddings ``h``."""
+        device = h.device
         scale = plan.scale(self.config.rank).to(device)
-        vectors = self.vector_decoder(h, plan)
+        vectors = self.vector_decoder(h, plan) if plan.vectors else None
         vector_base = plan.vector_base().to(device)
         theta0 = self._theta0(plan, vector_base, device) if self.config.mip else None
-        if not self.config.mip:  # fold the constants in: scale * (v + base / scale) = scale * v + base
+        if vectors is not None and not self.config.mip:  # fold the constants in: scale * (v + base / scale)
             vectors = vectors + vector_base / scale[plan.layout.n_matrices :].repeat_interleave(
-                torch.tensor(plan.layout.vector_sizes, device=device)
+                plan.vector_sizes.to(device)
             )
-        out_dtype = dtype or torch.float32
-        if isinstance(self.matrix_decoder, LowRankDecoder):
-            a, b = self.matrix_decoder(h, plan)
-            if self.config.mip:
-                a = a * self.residual_gain[plan.matrix_kinds.to(device)][plan.a.row_entries.to(device)][:, None]
-            flat = decode(a, b, plan.layout, scale, theta0, vectors, out_dtype, backend)
-        else:
-            flat = self._tiled_flat(h, plan, scale, theta0, vectors, out_dtype)
-        return plan.unflatten(flat)
+        if isinstance(self.matrix_decoder, TiledDecoder):
+            return self._tiled_flat(h, plan, scale, theta0, vectors, out_dtype)
+        a, b = self.matrix_decoder(h, plan)
+        if self.config.mip:
+            a = a * self.residual_gain[plan.matrix_kinds.to(device)][plan.a.row_entries.to(device)][:, None]
+        return decode(a, b, plan.layout, scale, theta0, vectors, out_dtype, backend)
 
     def _theta0(self, plan: TargetPlan, vector_base: Tensor, device: torch.device) -> Tensor:
         gains = self.base_gain[plan.matrix_kinds.to(device)]
         matrices = [
             base.to(device) * gain for base, gain in zip(plan.matrix_base(self.config.seed), gains, strict=True)
         ]
-        roles = plan.vector_roles.to(device).repeat_interleave(torch.tensor(plan.layout.vector_sizes, device=device))
+        roles = plan.vector_roles.to(device).repeat_interleave(plan.vector_sizes.to(device))
         return torch.cat([*matrices, vector_base + self.vector_offset[roles]])
 
     def _tiled_flat(self, h, plan, scale, theta0, vectors, out_dtype) -> Tensor:
@@ -122,10 +141,9 @@ class LoGAH(nn.Module):
         parts = []
         for i, matrix in enumerate(self.matrix_decoder(h, plan)):
             parts.append(matrix * scale[i] * (gains[i] if gains is not None else 1))
-        vector_scale = scale[plan.layout.n_matrices :].repeat_interleave(
-            torch.tensor(plan.layout.vector_sizes, device=h.device)
-        )
-        flat = torch.cat([*parts, vectors * vector_scale])
+        if vectors is not None:
+            parts.append(vectors * scale[plan.layout.n_matrices :].repeat_interleave(plan.vector_sizes.to(h.device)))
+        flat = torch.cat(parts)
         return (flat if theta0 is None else flat + theta0).to(out_dtype)
 
     # -- inference API ----------------------------------------------------------------------------
@@ -134,6 +152,10 @@ class LoGAH(nn.Module):
         self, models: Sequence[nn.Module], inputs: Sequence[Inputs] | None = None, dtype: torch.dtype | None = None
     ) -> list[dict[str, Tensor]]:
         """Predict every parameter of each model in one batched pass of the hypernetwork."""
+        return self(self._graphs(models, inputs), dtype=dtype)
+
+    def _graphs(self, models: Sequence[nn.Module], inputs: Sequence[Inputs] | None) -> list[Data]:
+        """Op graphs of ``models``; a parameter the forward pass never reads is an error, not a skip."""
         inputs = inputs if inputs is not None else [None] * len(models)
         graphs = [to_op_graph(m, i, max_distance=self.config.max_distance) for m, i in zip(models, inputs, strict=True)]
         for model, graph in zip(models, graphs, strict=True):
@@ -142,7 +164,7 @@ class LoGAH(nn.Module):
                     f"{type(model).__name__}: parameters {', '.join(graph.unused)} are never read by the forward "
                     f"pass, so the hypernetwork cannot place them; remove them or freeze them before predicting"
                 )
-        return self(graphs, dtype=dtype)
+        return graphs
 
     def predict(self, model: nn.Module, inputs: Inputs = None, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """Every parameter of ``model`` by name (tied parameters once), without touching the model."""
@@ -155,11 +177,13 @@ class LoGAH(nn.Module):
         A model built on the ``meta`` device is materialized on ``device`` (default: the
         hypernetwork's) with predicted values, so a huge model never needs a random init first.
         """
-        predicted = self.predict(model, inputs)
+        graphs = self._graphs([model], [inputs])
         if any(p.is_meta for p in model.parameters()):
             _materialize(model, device or self.vector_decoder.head[0].weight.device)
-        for name, param in model.named_parameters():
-            param.copy_(predicted[name])
+        params = dict(model.named_parameters())
+        for (part,) in self.predictions(graphs, max_values=PREDICT_PART_VALUES):
+            for name, value in part.items():
+                params[name].copy_(value)
         return model
 
     # -- checkpoints ------------------------------------------------------------------------------

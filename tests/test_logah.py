@@ -161,3 +161,15 @@ def test_meta_training_reduces_the_task_loss(mip: bool, decoder: str) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.2, losses
+
+
+def test_prediction_in_parts_equals_prediction_at_once(hnet: LoGAH) -> None:
+    graphs = [to_op_graph(_gpt2()), to_op_graph(_vit())]
+    whole = hnet(graphs)
+    parts = list(hnet.predictions(graphs, max_values=500))
+    assert len(parts) > 10  # the 1600-value embedding table alone exceeds 500 values
+    for g, result in enumerate(whole):
+        merged = {name: value for part in parts for name, value in part[g].items()}
+        assert merged.keys() == result.keys()
+        for name, value in result.items():
+            torch.testing.assert_close(merged[name], value, rtol=1e-5, atol=1e-6)

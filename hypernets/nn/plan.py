@@ -87,21 +87,26 @@ def _entry(graph: int, node: int, kind: str, name: str, shape: tuple[int, ...], 
     return TensorEntry(graph, name, shape, node, kind, math.prod(shape), 0, VECTOR_STD, base, role)
 
 
-class TargetPlan:
-    """Every tensor to predict for ``graphs`` (a batch), matrices first, in the kernel's flat order."""
+def plan_entries(graphs: Sequence[Data]) -> list[TensorEntry]:
+    """Every parameter tensor the op graphs own, in graph and node order; node indices are batch-wide."""
+    entries: list[TensorEntry] = []
+    offset = 0
+    for g, graph in enumerate(graphs):
+        for node, params in enumerate(graph.params):
+            kind = OP_KINDS[int(graph.op[node])]
+            for name, shape in params:
+                entries.append(_entry(g, offset + node, kind, name, tuple(shape), graph.shape[node]))
+        offset += graph.num_nodes
+    return entries
 
-    def __init__(self, graphs: Sequence[Data], max_ck: int) -> None:
-        entries: list[TensorEntry] = []
-        offset = 0
-        for g, graph in enumerate(graphs):
-            for node, params in enumerate(graph.params):
-                kind = OP_KINDS[int(graph.op[node])]
-                for name, shape in params:
-                    entries.append(_entry(g, offset + node, kind, name, tuple(shape), graph.shape[node]))
-            offset += graph.num_nodes
+
+class TargetPlan:
+    """Tensors to predict for a batch of ``num_graphs`` networks, matrices first, in the kernel's flat order."""
+
+    def __init__(self, entries: Sequence[TensorEntry], num_graphs: int, max_ck: int) -> None:
         if not entries:
             raise ValueError("the target networks have no parameters to predict")
-        self.num_graphs = len(graphs)
+        self.num_graphs = num_graphs
         self.max_ck = max_ck
         self.matrices = [e for e in entries if e.is_matrix]
         self.vectors = [e for e in entries if not e.is_matrix]
@@ -115,6 +120,26 @@ class TargetPlan:
         self.v = _BlockRequests([(e.node, e.rows) for e in self.vectors], max_ck)
         self.matrix_kinds = torch.tensor([OP_KINDS.index(e.kind) for e in self.matrices], dtype=torch.long)
         self.vector_roles = torch.tensor([VECTOR_ROLES.index(e.role) for e in self.vectors], dtype=torch.long)
+        self.vector_sizes = torch.tensor(self.layout.vector_sizes, dtype=torch.long)
+
+    @classmethod
+    def for_graphs(cls, graphs: Sequence[Data], max_ck: int, max_values: int | None = None) -> list[TargetPlan]:
+        """Plans covering every tensor of ``graphs``: one, or as few as keep each under ``max_values``
+        predicted values (a single tensor larger than that gets a plan of its own). Decoding plan by plan
+        bounds the memory that prediction needs beyond the predicted parameters themselves."""
+        entries = plan_entries(graphs)
+        if max_values is None:
+            return [cls(entries, len(graphs), max_ck)]
+        groups: list[list[TensorEntry]] = [[]]
+        size = 0
+        for entry in entries:
+            numel = math.prod(entry.shape)
+            if groups[-1] and size + numel > max_values:
+                groups.append([])
+                size = 0
+            groups[-1].append(entry)
+            size += numel
+        return [cls(group, len(graphs), max_ck) for group in groups]
 
     @property
     def entries(self) -> list[TensorEntry]:
@@ -169,7 +194,9 @@ class _BlockRequests:
         self.blocks = torch.tensor(blocks, dtype=torch.long)  # block number within its tensor
         self.entries = torch.tensor(entries, dtype=torch.long)  # tensor each block belongs to
         self.index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)  # packed row -> block row
-        self.row_entries = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor([s for _, s in sizes]))
+        self.row_entries = torch.repeat_interleave(
+            torch.arange(len(sizes)), torch.tensor([s for _, s in sizes], dtype=torch.long)
+        )
 
     def __len__(self) -> int:
         return len(self.nodes)
