@@ -1,0 +1,106 @@
+"""Fine-tuning with a fixed step budget, so dense, pruned and metapruned networks get exactly the same training.
+
+Budgets are counted in optimizer steps rather than epochs: a benchmark that compares recipes must give each the
+same compute, and a seeded data order makes two runs of the same recipe identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+Optimizer = Literal["sgd", "adamw"]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+GradHook = Callable[[nn.Module], None]
+
+
+def finetune(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    steps: int,
+    lr: float = 0.01,
+    optimizer: Optimizer = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    seed: int = 0,
+    loss_fn: LossFn = F.cross_entropy,
+    after_backward: GradHook | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Train ``model`` in place for ``steps`` optimizer steps with a cosine learning-rate decay to zero.
+
+    Args:
+        model: the network; trained on the device its parameters are on.
+        dataset: ``(input, label)`` pairs, reshuffled (seeded) every pass.
+        steps: number of optimizer steps, however many passes over the dataset that takes.
+        lr: peak learning rate.
+        optimizer: ``"sgd"`` (heavy-ball momentum) or ``"adamw"``.
+        momentum: SGD momentum; ignored by AdamW.
+        weight_decay: decoupled for AdamW, L2 for SGD.
+        batch_size: examples per step.
+        seed: seeds data order and any randomness in the forward pass (dropout), without disturbing the caller's RNG.
+        loss_fn: maps (logits, labels) to a scalar loss.
+        after_backward: called with the model between ``backward`` and the optimizer step, e.g. to add a sparsity
+            regularizer's gradient (see :func:`metaprune.prune.sparse_regularizer`).
+        progress: show a tqdm bar.
+
+    Returns:
+        The training loss of every step, in order.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    device = next(model.parameters()).device
+    opt = _optimizer(model, optimizer, lr, momentum, weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    was_training = model.training
+    model.train()
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        batches = _endless(dataset, batch_size, seed)
+        for _ in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
+            inputs, labels = next(batches)
+            loss = loss_fn(model(inputs.to(device)), labels.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if after_backward is not None:
+                after_backward(model)
+            opt.step()
+            schedule.step()
+            losses.append(loss.item())
+    model.train(was_training)
+    return losses
+
+
+def _optimizer(
+    model: nn.Module, name: Optimizer, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'sgd' or 'adamw'")
+
+
+def _endless(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Seeded shuffled batches, pass after pass, so a step budget need not divide the dataset size.
+
+    A short last batch is dropped (unless the dataset is smaller than one batch): it would be a noisy step, and a
+    BatchNorm layer fails on a batch of one.
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    if size == 0:
+        raise ValueError("fine-tuning needs a non-empty dataset")
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=size > batch_size, generator=generator)
+    while True:
+        yield from loader

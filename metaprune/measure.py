@@ -1,0 +1,118 @@
+"""Cost and quality of a network: MACs, parameters, CPU latency and accuracy, as one JSON-ready record.
+
+Pruning is judged by what it buys (fewer MACs, lower latency) against what it costs (accuracy), so the
+benchmark measures all of them the same way before and after pruning.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """MACs and parameters of one forward pass on the example inputs, with optional latency and accuracy."""
+
+    macs: int
+    params: int
+    latency_ms: float | None = None
+    accuracy: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def count_macs_params(model: nn.Module, example_inputs: Tensor) -> tuple[int, int]:
+    """Multiply-accumulates per example and parameter count, as Torch-Pruning's counter sees them.
+
+    The counter hooks modules only, so functional ops (e.g. the attention matmuls of timm ViTs) add no MACs:
+    speed-up targets are ratios of this count, which is what pruning can change.
+    """
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    return int(macs), int(params)
+
+
+@torch.inference_mode()
+def cpu_latency_ms(
+    model: nn.Module, example_inputs: Tensor, *, warmup: int = 5, repeats: int = 30, threads: int = 1
+) -> float:
+    """Median wall time of one forward pass on the CPU, in milliseconds.
+
+    The thread count is fixed (and restored afterwards) and warm-up runs are discarded, so numbers taken on a
+    shared machine are comparable between the dense and the pruned model.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    previous_threads = torch.get_num_threads()
+    was_training = model.training
+    torch.set_num_threads(threads)
+    model.eval()
+    try:
+        cpu_model = model if _on_cpu(model) else copy.deepcopy(model).cpu()
+        inputs = example_inputs.cpu()
+        for _ in range(warmup):
+            cpu_model(inputs)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            cpu_model(inputs)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous_threads)
+        model.train(was_training)
+    return 1000.0 * statistics.median(times)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy over a dataset of ``(input, label)`` pairs, evaluated in eval mode in batches."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for inputs, labels in DataLoader(dataset, batch_size=batch_size):
+            predictions = model(inputs.to(device)).argmax(dim=-1)
+            correct += int((predictions.cpu() == labels).sum())
+            total += len(labels)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("accuracy needs a non-empty dataset")
+    return correct / total
+
+
+def measure(
+    model: nn.Module,
+    example_inputs: Tensor,
+    dataset: Dataset | None = None,
+    *,
+    latency: bool = True,
+    threads: int = 1,
+    repeats: int = 30,
+) -> Measurement:
+    """MACs and parameters, plus CPU latency unless ``latency`` is false and accuracy when a dataset is given."""
+    macs, params = count_macs_params(model, example_inputs)
+    return Measurement(
+        macs=macs,
+        params=params,
+        latency_ms=cpu_latency_ms(model, example_inputs, threads=threads, repeats=repeats) if latency else None,
+        accuracy=accuracy(model, dataset) if dataset is not None else None,
+    )
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    return all(p.device.type == "cpu" for p in model.parameters())

@@ -1,0 +1,334 @@
+"""Structural pruning to a FLOPs or parameter target with Torch-Pruning's DependencyGraph.
+
+Whole channels (and, for timm ViTs, whole attention heads and MLP channels) are removed physically, so the pruned
+network is a smaller dense network that really runs faster. The DependencyGraph keeps coupled layers consistent
+(residual adds, BatchNorm, concatenations); this module only chooses how much to prune and by which criterion.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from .finetune import GradHook, finetune
+from .measure import count_macs_params
+
+Method = Literal["group_norm", "l1", "random"]
+METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
+Layers = Sequence[nn.Module | str]
+
+
+class ImpossibleTargetError(ValueError):
+    """The architecture cannot be pruned to the target: every group keeps a channel and ignored layers stay whole."""
+
+    def __init__(self, target: str, value: float, best: float) -> None:
+        super().__init__(
+            f"cannot prune to {target} {value:g}x: the best reachable is {best:.3g}x "
+            "(each channel group keeps a channel; ignored layers, such as the classifier, and attention heads' "
+            "channels stay whole)"
+        )
+        self.target = target
+        self.value = value
+        self.best = best
+
+
+class NonFiniteWeightError(ValueError):
+    """A NaN or infinite weight: magnitude importance would be meaningless, so pruning refuses to rank it."""
+
+
+@dataclass
+class PruneResult:
+    """The pruned copy and its cost against the original, as Torch-Pruning's counter measures them."""
+
+    model: nn.Module
+    method: str
+    base_macs: int
+    macs: int
+    base_params: int
+    params: int
+    steps: int
+
+    @property
+    def speedup(self) -> float:
+        return self.base_macs / self.macs
+
+    @property
+    def param_ratio(self) -> float:
+        return self.base_params / self.params
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the model, for JSON reports."""
+        return {
+            "method": self.method,
+            "base_macs": self.base_macs,
+            "macs": self.macs,
+            "base_params": self.base_params,
+            "params": self.params,
+            "speedup": self.speedup,
+            "param_ratio": self.param_ratio,
+            "steps": self.steps,
+        }
+
+
+def importance(method: Method) -> tp.importance.Importance:
+    """The channel-ranking criterion of each method.
+
+    ``group_norm`` is DepGraph's L2 norm over every coupled layer of a group; ``l1`` is the classic filter L1 norm
+    of the group's first layer (Li et al., 2017); ``random`` is the baseline every criterion must beat. Scores are
+    mean-normalized per group so that global pruning can compare layers.
+    """
+    if method == "group_norm":
+        return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+    if method == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer="mean")
+    if method == "random":
+        return tp.importance.RandomImportance()
+    raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Tensor,
+    *,
+    speedup: float | None = None,
+    param_ratio: float | None = None,
+    method: Method = "group_norm",
+    ignored_layers: Layers | None = None,
+    global_pruning: bool = False,
+    head_ratio: float = 0.0,
+    steps: int = 100,
+    seed: int = 0,
+) -> PruneResult:
+    """Prune a copy of ``model`` until it meets every given target; ``model`` itself is left untouched.
+
+    Pruning is progressive (as in DepGraph's benchmarks): the channel pruning ratio of every layer grows by
+    ``1 / steps`` per step, importance is re-estimated each step, and pruning stops at the first step whose MACs
+    (and parameters) meet the targets, so it overshoots by at most one step.
+
+    Args:
+        model: the network; its parameters must be finite.
+        example_inputs: a batch the model accepts, used to trace the dependency graph and count MACs.
+        speedup: required ``base_macs / macs``, at least 1.
+        param_ratio: required ``base_params / params``, at least 1.
+        method: channel ranking, see :func:`importance`.
+        ignored_layers: modules (or their names in ``model``) never pruned; default the classifier, the last
+            ``nn.Linear`` or convolution, whose outputs are the logits. A given list replaces the default, so it
+            should include the classifier.
+        global_pruning: rank channels across layers instead of pruning every layer by the same fraction.
+        head_ratio: for timm ViTs, the fraction of attention heads removed from every attention layer before channel
+            pruning (rounded up, at least one head kept); channels inside heads are never pruned.
+        steps: granularity of the progressive schedule; with at least as many steps as the widest layer has
+            channels, the last step leaves one channel per group, so a target it misses is out of reach.
+        seed: seeds random importance; the caller's RNG is left as it was.
+
+    Raises:
+        ImpossibleTargetError: no step of the schedule reaches a target.
+        NonFiniteWeightError: a parameter or buffer of ``model`` holds NaN or infinity.
+    """
+    targets = {"speedup": speedup, "param_ratio": param_ratio}
+    if all(value is None for value in targets.values()):
+        raise ValueError("prune needs a target: speedup and/or param_ratio")
+    for name, value in targets.items():
+        if value is not None and not value >= 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if not 0 <= head_ratio < 1:
+        raise ValueError(f"head_ratio must be in [0, 1), got {head_ratio}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    check_finite(model)
+    imp = importance(method)
+    pruned = copy.deepcopy(model)
+    ignored = _resolve_layers(model, pruned, ignored_layers)
+    base_macs, base_params = count_macs_params(pruned, example_inputs)
+
+    def reached(macs: int, params: int) -> bool:
+        return (speedup is None or base_macs >= speedup * macs) and (
+            param_ratio is None or base_params >= param_ratio * params
+        )
+
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(seed)
+        if head_ratio > 0:
+            _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
+        pruner = _pruner(pruned, example_inputs, imp, ignored, global_pruning=global_pruning, steps=steps)
+        macs, params = count_macs_params(pruned, example_inputs)
+        while not reached(macs, params) and pruner.current_step < steps:
+            pruner.step()
+            macs, params = count_macs_params(pruned, example_inputs)
+    pruned.train(model.training)  # tracing leaves the model in eval mode
+    if speedup is not None and base_macs < speedup * macs:
+        raise ImpossibleTargetError("speedup", speedup, base_macs / macs)
+    if param_ratio is not None and base_params < param_ratio * params:
+        raise ImpossibleTargetError("param_ratio", param_ratio, base_params / params)
+    return PruneResult(pruned, method, base_macs, macs, base_params, params, pruner.current_step)
+
+
+def sparse_regularizer(
+    model: nn.Module,
+    example_inputs: Tensor,
+    *,
+    reg: float = 5e-4,
+    alpha: float = 4.0,
+    ignored_layers: Layers | None = None,
+) -> GradHook:
+    """A gradient hook that pushes whole channel groups of ``model`` towards zero (DepGraph's group sparsity).
+
+    Call it between ``backward`` and the optimizer step (``finetune(..., after_backward=hook)``); groups that the
+    regularizer shrinks are then the ones ``prune(method="group_norm")`` removes. Within a group, the penalty of a
+    channel grows from ``reg`` to ``reg * 2**alpha`` the weaker it is, so weak channels are driven to zero faster.
+
+    Raises (from the hook):
+        FloatingPointError: the regularized gradient holds NaN or infinity, naming the parameter.
+    """
+    was_training = model.training
+    with torch.enable_grad():
+        pruner = tp.pruner.GroupNormPruner(
+            model,
+            example_inputs,
+            importance("group_norm"),
+            reg=reg,
+            ignored_layers=_resolve_layers(model, model, ignored_layers),
+            num_heads=_attention_heads(model),
+            in_channel_groups={},
+            out_channel_groups={},
+        )
+    model.train(was_training)
+
+    def hook(module: nn.Module) -> None:
+        # GroupNormPruner ignores its own ``alpha`` argument and reads regularize's, so pass it here.
+        pruner.regularize(module, alpha=2**alpha)
+        for name, param in module.named_parameters():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                raise FloatingPointError(
+                    f"sparsity regularization produced a non-finite gradient for {name!r}: Torch-Pruning's penalty "
+                    "divides by the spread of a group's channel norms, which is zero when they are all equal "
+                    "(e.g. a single-channel group)"
+                )
+
+    return hook
+
+
+def sparse_train(
+    model: nn.Module,
+    example_inputs: Tensor,
+    dataset: torch.utils.data.Dataset,
+    *,
+    steps: int,
+    reg: float = 5e-4,
+    ignored_layers: Layers | None = None,
+    **finetune_kwargs: Any,
+) -> list[float]:
+    """Train ``model`` in place with the group sparsity regularizer: the first half of DepGraph's method (b),
+    followed by ``prune(method="group_norm")``. Returns the loss curve; other options go to :func:`finetune`."""
+    hook = sparse_regularizer(model, example_inputs, reg=reg, ignored_layers=ignored_layers)
+    return finetune(model, dataset, steps=steps, after_backward=hook, **finetune_kwargs)
+
+
+def check_finite(model: nn.Module) -> None:
+    """Raise :class:`NonFiniteWeightError` naming the first parameter or buffer that holds NaN or infinity."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, tensor in named:
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise NonFiniteWeightError(
+                    f"{kind} {name!r} has {bad} NaN or infinite value(s) out of {tensor.numel()}; "
+                    "repair or retrain the model before pruning"
+                )
+
+
+def _pruner(
+    model: nn.Module,
+    example_inputs: Tensor,
+    imp: tp.importance.Importance,
+    ignored: list[nn.Module],
+    *,
+    global_pruning: bool,
+    steps: int,
+) -> tp.pruner.BasePruner:
+    """A progressive channel pruner; attention heads are registered so that their channels are left alone.
+
+    The group dictionaries are passed fresh: BasePruner's defaults are shared mutable dicts that it writes to.
+    """
+    return tp.pruner.BasePruner(
+        model,
+        example_inputs,
+        imp,
+        pruning_ratio=1.0,
+        iterative_steps=steps,
+        global_pruning=global_pruning,
+        ignored_layers=ignored,
+        num_heads=_attention_heads(model),
+        prune_num_heads=False,
+        prune_head_dims=False,
+        in_channel_groups={},
+        out_channel_groups={},
+    )
+
+
+def _prune_heads(
+    model: nn.Module, example_inputs: Tensor, imp: tp.importance.Importance, ignored: list[nn.Module], ratio: float
+) -> None:
+    """Remove the ``ceil(ratio * heads)`` least important whole heads from every attention layer.
+
+    Heads are ranked and removed through the DependencyGraph directly rather than by BasePruner: its local head
+    pruning runs only inside a scope that also prunes channels (``if n_pruned > 0``), and iterative steps apply the
+    cumulative ratio to the heads already left, removing at least one head per step.
+    """
+    layers = [m for m in _attention_modules(model) if m.qkv not in ignored and m.proj not in ignored]
+    if not layers:
+        raise ValueError("head_ratio needs a model with timm-style attention layers (.qkv, .proj and .num_heads)")
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    for attn in layers:
+        heads, dim = attn.num_heads, attn.head_dim
+        removed = math.ceil(ratio * heads)
+        if removed >= heads:
+            raise ValueError(f"head_ratio {ratio} would remove all {heads} heads of an attention layer")
+        # The output projection's input channels are head-major; the graph maps them onto q, k and v.
+        group = graph.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(heads * dim)))
+        head_scores = imp(group).view(heads, dim).mean(dim=1)
+        drop = torch.topk(head_scores, removed, largest=False).indices.tolist()
+        idxs = [head * dim + i for head in sorted(drop) for i in range(dim)]
+        graph.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs).prune()
+        attn.num_heads = heads - removed
+        attn.attn_dim = attn.num_heads * dim
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    """timm-style attention: a fused ``qkv`` Linear split into ``num_heads`` heads of ``head_dim`` channels,
+    merged back by a ``proj`` Linear."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(getattr(m, "qkv", None), nn.Linear)
+        and isinstance(getattr(m, "proj", None), nn.Linear)
+        and isinstance(getattr(m, "num_heads", None), int)
+    ]
+
+
+def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    return {m.qkv: m.num_heads for m in _attention_modules(model)}
+
+
+def _resolve_layers(original: nn.Module, target: nn.Module, layers: Layers | None) -> list[nn.Module]:
+    """Map modules of ``original`` (or names) onto the same-named modules of ``target`` (a deepcopy or itself)."""
+    names = {id(module): name for name, module in original.named_modules()}
+    if layers is None:
+        classifier = [name for name, m in original.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+        if not classifier:
+            raise ValueError("found no Linear or convolution to keep as the classifier; pass ignored_layers")
+        layers = [classifier[-1]]
+    modules = dict(target.named_modules())
+    resolved = []
+    for layer in layers:
+        name = layer if isinstance(layer, str) else names.get(id(layer))
+        if name is None or name not in modules:
+            raise ValueError(f"ignored layer {layer!r} is not a submodule of the model")
+        resolved.append(modules[name])
+    return resolved
