@@ -173,3 +173,33 @@ def test_prediction_in_parts_equals_prediction_at_once(hnet: LoGAH) -> None:
         assert merged.keys() == result.keys()
         for name, value in result.items():
             torch.testing.assert_close(merged[name], value, rtol=1e-5, atol=1e-6)
+
+
+FAMILIES = [  # beyond ViT and GPT-2: what else LoGAH predicts end to end (docs/hypernets.md lists them)
+    ("torchvision:resnet18?num_classes=10", (1, 3, 32, 32)),
+    ("timm:convnext_atto?depths=1,1,1,1&dims=16,32,64,128&num_classes=10", (1, 3, 32, 32)),
+    ("timm:mobilenetv3_small_100?num_classes=10", (1, 3, 32, 32)),
+    ("timm:swin_tiny_patch4_window7_224?img_size=56&embed_dim=24&depths=1,1&num_heads=1,2&num_classes=10", None),
+    ("timm:eva02_tiny_patch14_224?img_size=28&depth=2&num_classes=10", None),
+]
+
+
+@pytest.mark.parametrize(("spec", "inputs"), FAMILIES, ids=[spec.split("?")[0] for spec, _ in FAMILIES])
+def test_other_families_get_every_parameter(spec: str, inputs) -> None:
+    from hypernets.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(spec)
+    before = copy.deepcopy(model)
+    LoGAH(**SMALL).eval().predict_(model, inputs)
+    for (key, new), (_, old) in zip(model.named_parameters(), before.named_parameters(), strict=True):
+        assert new.shape == old.shape and torch.isfinite(new).all() and not torch.equal(new, old), key
+
+
+def test_unsupported_family_names_the_module_and_parameter() -> None:
+    from hypernets.graph import UnsupportedModuleError
+    from hypernets.models import build_model
+
+    model = build_model("timm:beit_base_patch16_224?img_size=32&patch_size=16&depth=1&num_classes=3", device="meta")
+    with pytest.raises(UnsupportedModuleError, match=r"blocks\.0\.attn.*relative_position_bias_table"):
+        LoGAH(**SMALL).predict(model)
