@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hypernets.graph import UnsupportedModuleError
+from hypernets.graph import UnsupportedModuleError, trace
 from hypernets.graph.neuron_graph import EDGE_TYPES, NODE_TYPES, NodePlacement, from_neuron_graph, to_neuron_graph
 
 
@@ -49,8 +53,24 @@ def _vit(**kwargs) -> nn.Module:
     return timm.models.vision_transformer.VisionTransformer(**{**options, **kwargs})
 
 
-def _gpt2() -> nn.Module:
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=20, n_positions=8))
+def _gpt2(n_embd: int = 16) -> nn.Module:
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=n_embd, n_head=2, vocab_size=20, n_positions=8))
+
+
+def _encoder_layer() -> nn.Module:
+    return nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
+
+
+class FunctionalLinear(nn.Module):
+    """``forward(x, weight)`` with the weight stored as given: a linear map read through matmul or a transpose."""
+
+    def __init__(self, weight: torch.Tensor, forward: Callable) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.function = forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x, self.weight)
 
 
 MODELS = {
@@ -66,6 +86,8 @@ MODELS = {
     "vit_cls": (_vit, None),
     "vit_avg_layerscale": (lambda: _vit(class_token=False, global_pool="avg", init_values=0.1), None),
     "gpt2": (_gpt2, None),
+    "torch_encoder_layer": (_encoder_layer, (1, 4, 16)),
+    "x@W.T": (lambda: FunctionalLinear(torch.randn(3, 4), lambda x, w: x @ w.T), (2, 4)),
 }  # fmt: skip
 
 
@@ -114,6 +136,44 @@ def test_conv_kernel_is_one_edge_feature_vector() -> None:
     assert graph.edge_attr.tolist() == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
 
 
+def test_patch_embedding_has_one_input_node_per_kernel_position() -> None:
+    """A stride-2 2x2 conv on the image is a linear map on 2 x 2 x 2 patch values: width-1 edges."""
+    conv = nn.Conv2d(2, 3, kernel_size=2, stride=2)
+    graph = to_neuron_graph(conv, (1, 2, 4, 4))
+    assert graph.node_type.tolist() == [NODE_TYPES.index("input")] * 8 + [NODE_TYPES.index("output")] * 3
+    assert graph.edge_index.tolist() == [list(range(8)) * 3, [8] * 8 + [9] * 8 + [10] * 8]
+    assert torch.equal(graph.edge_attr, conv.weight.detach().reshape(24, 1))
+    assert torch.equal(from_neuron_graph(graph)["weight"], conv.weight)
+
+
+def test_vit_edges_carry_one_value() -> None:
+    """Without the patch-embedding rule every edge of ViT would be as wide as a patch (8 x 8 = 64 values)."""
+    graph = to_neuron_graph(_vit())
+    assert graph.edge_attr.shape[1] == 1
+    assert int((graph.node_type == NODE_TYPES.index("input")).sum()) == 3 * 8 * 8
+
+
+@pytest.mark.parametrize(
+    ("stored_out_in", "forward"),
+    [
+        (True, lambda x, w: x @ w.T),
+        (False, lambda x, w: x @ w),
+        (True, lambda x, w: (w @ x.T).T),
+        (False, lambda x, w: F.linear(x, w.t())),
+    ],
+    ids=["x@W.T", "x@W", "W@x", "F.linear(W.t())"],
+)
+def test_weight_read_through_matmul_or_transpose_gives_the_linear_graph(stored_out_in, forward) -> None:
+    linear = nn.Linear(5, 7, bias=False)
+    weight = linear.weight.detach() if stored_out_in else linear.weight.detach().T
+    model = FunctionalLinear(weight.clone(), forward)
+    torch.testing.assert_close(model(torch.ones(3, 5)), linear(torch.ones(3, 5)))
+    graph, expected = to_neuron_graph(model, (3, 5)), to_neuron_graph(linear, (3, 5))
+    assert torch.equal(graph.edge_index, expected.edge_index)
+    assert torch.equal(graph.edge_attr, expected.edge_attr)
+    assert torch.equal(from_neuron_graph(graph)["weight"], model.weight)
+
+
 def test_residual_addition_is_identity_edges() -> None:
     graph = to_neuron_graph(ResidualCNN(), (1, 3, 8, 8))
     sums = (graph.node_type == NODE_TYPES.index("sum")).nonzero().flatten()
@@ -137,6 +197,29 @@ def test_meta_model_gives_counts_without_memory() -> None:
     assert graph.edge_attr.shape[0] == to_neuron_graph(_gpt2()).edge_attr.shape[0]
 
 
+class LargestCpuTensor(TorchDispatchMode):
+    """Records the element count of the largest CPU tensor any torch call returns."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in tree_leaves(result) if isinstance(t, torch.Tensor) and t.device.type == "cpu"]
+        self.largest = max([self.largest, *sizes])
+        return result
+
+
+def test_meta_structure_is_built_on_meta() -> None:
+    """Only per-node bookkeeping lives on the CPU: no tensor as long as the edge list is ever allocated."""
+    with torch.device("meta"):
+        model = _gpt2(n_embd=64)
+    ir = trace(model)
+    with LargestCpuTensor() as probe:
+        graph = to_neuron_graph(model, ir=ir)
+    assert graph.edge_index.shape[1] > 10 * graph.num_nodes
+    assert 0 < probe.largest <= graph.num_nodes
+
+
 def test_unsupported_op_names_the_module() -> None:
     class EagerAttention(nn.Module):
         def __init__(self) -> None:
@@ -149,6 +232,31 @@ def test_unsupported_op_names_the_module() -> None:
 
     with pytest.raises(UnsupportedModuleError, match=r"'<root>' \(EagerAttention\).*matmul"):
         to_neuron_graph(EagerAttention(), (1, 3, 4))
+
+
+class MultiheadAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, memory, memory)[0]
+
+
+@pytest.mark.parametrize(
+    ("memory", "message"),
+    [
+        ((1, 3, 8), r"'attn' \(MultiheadAttention\): op 'matmul' \(bmm\)"),
+        ((1, 5, 8), r"'attn' \(MultiheadAttention\).*part of parameter\(s\) attn.in_proj_weight, attn.in_proj_bias"),
+    ],
+    ids=["self-attention-with-weights", "cross-attention"],
+)
+def test_unsupported_multihead_attention_names_the_module(memory, message) -> None:
+    model = MultiheadAttention()
+    x = torch.zeros(1, 3, 8)
+    inputs = (x, x) if memory == (1, 3, 8) else (x, torch.zeros(memory))
+    with pytest.raises(UnsupportedModuleError, match=message):
+        to_neuron_graph(model, inputs)
 
 
 # -- permutation equivariance -------------------------------------------------------------------
@@ -285,3 +393,35 @@ def test_permuting_gpt2_heads_permutes_nodes_only() -> None:
         )
 
     _assert_permuted(to_neuron_graph(model), to_neuron_graph(permuted), sigma_of(to_neuron_graph(model)))
+
+
+def test_permuting_torch_encoder_layer_heads_and_mlp_permutes_nodes_only() -> None:
+    torch.manual_seed(0)
+    model = _encoder_layer()
+    dim, heads, head_dim, hidden = 16, 4, 4, 32
+    ph, qk, v = _attention_permutation(heads, head_dim)
+    rows = torch.cat([qk, dim + qk, 2 * dim + v])
+    pm = torch.randperm(hidden)
+    permuted = copy.deepcopy(model)
+    with torch.no_grad():
+        permuted.self_attn.in_proj_weight.copy_(model.self_attn.in_proj_weight[rows])
+        permuted.self_attn.in_proj_bias.copy_(model.self_attn.in_proj_bias[rows])
+        permuted.self_attn.out_proj.weight.copy_(model.self_attn.out_proj.weight[:, v])
+        permuted.linear1.weight.copy_(model.linear1.weight[pm])
+        permuted.linear1.bias.copy_(model.linear1.bias[pm])
+        permuted.linear2.weight.copy_(model.linear2.weight[:, pm])
+
+    def sigma_of(graph):
+        head_nodes = (graph.node_type == NODE_TYPES.index("head")).nonzero().flatten()
+        attention_nodes = (graph.node_type == NODE_TYPES.index("attention")).nonzero().flatten()
+        return _sigma(
+            graph,
+            [
+                (_nodes_of(graph, "self_attn.in_proj_bias"), rows),
+                (head_nodes, ph),
+                (attention_nodes, v),
+                (_nodes_of(graph, "linear1.bias"), pm),
+            ],
+        )
+
+    _check_symmetry(model, permuted, (1, 4, 16), sigma_of)

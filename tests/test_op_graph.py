@@ -54,6 +54,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Inputs]] = {
         ),
         None,
     ),
+    "encoder": (lambda: nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), (1, 4, 16)),
 }
 
 
@@ -176,6 +177,10 @@ SHAPE_CODES = [
     ("vit", "blocks.0.attn.qkv", "linear", (96, 32, 1, 1)),
     ("vit", "blocks.0.attn", "attention", (0, 0, 0, 0)),
     ("vit", "head", "linear", (10, 32, 1, 1)),
+    ("encoder", "self_attn", "linear", (48, 16, 1, 1)),  # in_proj_weight, read by F.multi_head_attention_forward
+    ("encoder", "self_attn", "attention", (0, 0, 0, 0)),
+    ("encoder", "self_attn.out_proj", "linear", (16, 16, 1, 1)),
+    ("encoder", "linear2", "linear", (16, 32, 1, 1)),
 ]
 
 
@@ -213,13 +218,6 @@ class FunctionalLinear(nn.Module):
         return self.function(x, self.weight)
 
 
-WRONG_LAYOUT = pytest.mark.xfail(
-    reason="tracer._annotate picks the weight layout from the argument position, not from the parameter: "
-    "W @ x and x @ W.T (W stored (out, in)) are marked 'in_out' and their shape code comes out (in, out)",
-    strict=True,
-)
-
-
 @pytest.mark.parametrize(
     ("layer", "input_shape"),
     [
@@ -227,8 +225,16 @@ WRONG_LAYOUT = pytest.mark.xfail(
         pytest.param(Conv1D(6, 4), (3, 4), id="hf-Conv1D"),
         pytest.param(FunctionalLinear((4, 6), lambda x, w: x @ w), (3, 4), id="x@W"),
         pytest.param(FunctionalLinear((6, 4), F.linear), (3, 4), id="F.linear"),
-        pytest.param(FunctionalLinear((6, 4), lambda x, w: x @ w.T), (3, 4), id="x@W.T", marks=WRONG_LAYOUT),
-        pytest.param(FunctionalLinear((6, 4), lambda x, w: w @ x), (4, 3), id="W@x", marks=WRONG_LAYOUT),
+        pytest.param(FunctionalLinear((6, 4), lambda x, w: x @ w.T), (3, 4), id="x@W.T"),
+        pytest.param(FunctionalLinear((6, 4), lambda x, w: w @ x), (4, 3), id="W@x"),
+        pytest.param(FunctionalLinear((4, 6), lambda x, w: w.T @ x), (4, 3), id="W.T@x"),
+        pytest.param(FunctionalLinear((4, 6), lambda x, w: F.linear(x, w.t())), (3, 4), id="F.linear(W.t())"),
+        pytest.param(FunctionalLinear((6, 4), lambda x, w: x @ w.transpose(-1, -2)), (3, 4), id="x@W.transpose"),
+        pytest.param(FunctionalLinear((6, 4), lambda x, w: torch.mm(x, w.permute(1, 0))), (3, 4), id="mm(x,W.permute)"),
+        pytest.param(FunctionalLinear((4, 6), lambda x, w: x @ w.T.contiguous().T), (3, 4), id="x@W.T.T"),
+        pytest.param(
+            FunctionalLinear((6, 4), lambda x, w: torch.addmm(torch.ones(6), x, w.mT)), (3, 4), id="addmm(W.mT)"
+        ),
     ],
 )
 def test_linear_shape_code_is_out_in_whatever_the_storage(layer, input_shape):

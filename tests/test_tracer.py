@@ -421,26 +421,89 @@ class GatedPair(nn.Module):
         return torch.einsum("bi,bi->bi", self.a(x), self.b(x))
 
 
-@pytest.mark.xfail(
-    reason="tracer._Recorder._exit keys a registered module's parameters by their last name component, "
-    "so a.weight and b.weight collide and a's parameters end up in ir.unused",
-    strict=True,
-)
 def test_registered_module_owns_parameters_with_the_same_leaf_name(registry):
     register_module(GatedPair, kind="mul")
     ir = trace(nn.Sequential(GatedPair()), (2, 4))
-    assert sorted(ir.ops[-1].params.values()) == ["0.a.bias", "0.a.weight", "0.b.bias", "0.b.weight"]
+    assert ir.ops[-1].params == {
+        "a.weight": "0.a.weight",
+        "a.bias": "0.a.bias",
+        "b.weight": "0.b.weight",
+        "b.bias": "0.b.bias",
+    }
     assert ir.unused == []
 
 
-@pytest.mark.xfail(
-    reason="nn.MultiheadAttention reaches the tracer as one call of F.multi_head_attention_forward, which "
-    "reads in_proj_weight and is not in the vocabulary, so standard torch transformer layers need register_module",
-    strict=True,
+# TransformerEncoderLayer (post-norm): self-attention as in_proj linear -> attention -> out_proj linear, then
+# add & norm, linear1 -> relu -> linear2, add & norm. out_proj's forward is never called: its op is placed
+# in it because it reads out_proj's parameters.
+ENCODER_LAYER_FLOW = [
+    ("input", "", [], {}),
+    ("linear", "self_attn", [0], {"weight": "self_attn.in_proj_weight", "bias": "self_attn.in_proj_bias"}),
+    ("attention", "self_attn", [1], {}),
+    ("linear", "self_attn.out_proj", [2], {"weight": "self_attn.out_proj.weight", "bias": "self_attn.out_proj.bias"}),
+    ("add", "", [0, 3], {}),
+    ("layer_norm", "norm1", [4], {"weight": "norm1.weight", "bias": "norm1.bias"}),
+    ("linear", "linear1", [5], {"weight": "linear1.weight", "bias": "linear1.bias"}),
+    ("relu", "", [6], {}),
+    ("linear", "linear2", [7], {"weight": "linear2.weight", "bias": "linear2.bias"}),
+    ("add", "", [5, 8], {}),
+    ("layer_norm", "norm2", [9], {"weight": "norm2.weight", "bias": "norm2.bias"}),
+]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_torch_transformer_encoder_layer_converts(device):
+    with torch.device(device):
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    ir = trace(layer, (1, 4, 16))
+    assert [(op.kind, op.module_path, op.inputs, op.params) for op in ir.ops] == ENCODER_LAYER_FLOW
+    assert ir.ops[1].out_shape == (4, 1, 48)  # sequence first inside F.multi_head_attention_forward
+    assert ir.ops[2].in_shapes == [(1, 2, 4, 8)] * 3  # q, k, v as (batch, heads, tokens, head_dim)
+    assert ir.unused == []
+
+
+class SelfAttention(nn.Module):
+    """nn.MultiheadAttention called directly, returning attention weights by default."""
+
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=self.need_weights)[0]
+
+
+@pytest.mark.parametrize(
+    ("need_weights", "middle"),
+    [(False, ["attention"]), (True, ["mul", "matmul", "softmax", "matmul"])],
+    ids=["fused", "eager-with-weights"],
 )
-def test_torch_transformer_encoder_layer_converts():
-    ir = trace(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), (1, 4, 16))
+def test_multihead_attention_is_decomposed(need_weights, middle):
+    ir = trace(SelfAttention(need_weights), (2, 5, 16))
+    assert [op.kind for op in ir.ops] == ["input", "linear", *middle, "linear"]
+    assert [op.module_path for op in ir.ops[1:]] == ["attn"] * (len(middle) + 1) + ["attn.out_proj"]
+    assert ir.ops[1].params["weight"] == "attn.in_proj_weight"
+    assert ir.ops[-1].params["weight"] == "attn.out_proj.weight"
     assert ir.unused == []
+
+
+class CrossAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, memory, memory, need_weights=False)[0]
+
+
+def test_reading_part_of_a_fused_projection_is_marked():
+    """Cross-attention splits in_proj_weight into a q part and a k/v part: both linears read a slice."""
+    ir = trace(CrossAttention(), (torch.zeros(1, 3, 16), torch.zeros(1, 5, 16)))
+    q, kv = (op for op in ir.ops if op.kind == "linear" and op.params["weight"] == "attn.in_proj_weight")
+    assert (q.out_shape, kv.out_shape) == ((3, 1, 16), (5, 1, 32))
+    assert q.attrs["sliced"] == kv.attrs["sliced"] == ["attn.in_proj_weight", "attn.in_proj_bias"]
+    assert "sliced" not in ir.ops[-1].attrs  # out_proj reads its whole weight
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,10 @@ class Op:
     """One operation of the forward pass, in execution (hence topological) order.
 
     ``params`` maps a role ("weight", "bias", "operand", ...) to a parameter name. ``inputs`` are the
-    indices of the ops whose results this op reads, in argument order.
+    indices of the ops whose results this op reads, in argument order. ``attrs`` holds what the graph
+    views need: ``weight_layout`` of a linear ("out_in" or "in_out": which axis of the stored weight
+    contracts with the input), ``groups``, ``transposed``, ``stride`` and ``padding`` of a conv, ``dim``
+    of a concat, and ``sliced``, the parameters an op reads only part of (a split fused projection).
     """
 
     index: int

@@ -2,7 +2,10 @@
 
 Nodes are input features, hidden neurons or channels, normalization and sum neurons, attention heads
 and outputs. Every weight entry is one edge (a conv kernel's k x k values, or the spatial positions a
-flatten feeds into a linear layer, form one edge's feature vector); biases and normalization
+flatten feeds into a linear layer, form one edge's feature vector). A patch embedding (a conv on the
+model input whose stride is its kernel and that pads nothing, as in ViT) is a linear map on patches:
+its input nodes are (channel, kernel position) pairs and each of its edges carries one value, so that
+a 16 x 16 patch does not widen every edge of the graph to 256 columns. Biases and normalization
 parameters are node features; residual additions, normalizations and attention wiring are identity
 edges that carry no parameter. The map is a bijection: :func:`from_neuron_graph` returns every
 parameter (and batch-norm running statistics) exactly, and permuting the hidden neurons of a network
@@ -97,10 +100,10 @@ def to_neuron_graph(model: nn.Module, inputs: Inputs = None, ir: ModelIR | None 
     """Convert ``model`` into a PyG ``Data`` neuron graph (see the module docstring).
 
     Fields: ``x`` ``[N, 5]`` node values in the columns of ``NODE_SLOTS``; ``node_type`` ``[N]``;
-    ``edge_index`` ``[2, E]``; ``edge_attr`` ``[E, K]`` (K = the widest kernel, at least 1; identity
-    edges carry 1 in column 0); ``edge_type`` ``[E]``; ``placements``, where each tensor lives, used by
-    :func:`from_neuron_graph`; ``aliases``, state-dict names of tied tensors; ``unused``, parameters the
-    forward pass never reads (not in the graph).
+    ``edge_index`` ``[2, E]``; ``edge_attr`` ``[E, K]`` (K = the widest kernel outside patch embeddings, at
+    least 1; identity edges carry 1 in column 0); ``edge_type`` ``[E]``; ``placements``, where each tensor
+    lives, used by :func:`from_neuron_graph`; ``aliases``, state-dict names of tied tensors; ``unused``,
+    parameters the forward pass never reads (not in the graph).
     """
     ir = ir or trace(model, inputs)
     builder = _Builder(model, ir)
@@ -173,6 +176,7 @@ class _Builder:
     def dense(self, op: Op, name: str, src: Tensor, dst: Tensor, transposed: bool, groups: int = 1) -> None:
         """Edges for weight ``name`` mapping ``src`` features to ``dst`` features, output-major order."""
         weight = self.state[name].detach()
+        src, dst = src.to(self.device), dst.to(self.device)  # on meta, the index arithmetic allocates nothing
         rows, in_per_group = len(dst), len(src) // groups
         matrix = weight.reshape(-1, rows).T if transposed else weight.reshape(rows, -1)
         if len(src) % groups or matrix.shape[1] % in_per_group:
@@ -184,10 +188,7 @@ class _Builder:
         grouped_src = src.view(groups, in_per_group).repeat_interleave(rows // groups, dim=0).reshape(-1)
         edge_type = "weight" if self.owner[name] == op.index else "tied"
         start = self.add_edges(
-            grouped_src.to(self.device),
-            dst.repeat_interleave(in_per_group).to(self.device),
-            matrix.reshape(rows * in_per_group, width),
-            edge_type,
+            grouped_src, dst.repeat_interleave(in_per_group), matrix.reshape(rows * in_per_group, width), edge_type
         )
         if edge_type == "weight":
             self.placements.append(
@@ -205,6 +206,10 @@ class _Builder:
                 f"({op.function}) has no neuron-graph form yet; supported: "
                 f"{', '.join(sorted(_PASS_THROUGH | _HANDLED))}"
             )
+        if op.attrs.get("sliced"):
+            self._unsupported(op, f"reading part of parameter(s) {', '.join(op.attrs['sliced'])}")
+        if op.kind in ("linear", "conv", "embedding") and set(op.params) - {"weight", "bias"}:
+            self._unsupported(op, f"a '{op.kind}' reading parameters {', '.join(op.params.values())}")
         handler(op)
 
     def input_set(self, op: Op, position: int = 0) -> Tensor:
@@ -213,14 +218,25 @@ class _Builder:
     def _input(self, op: Op) -> None:
         if op.attrs.get("argument") is not None and len(op.out_shape) and self._is_index_input(op):
             return  # token ids: embeddings create one node per vocabulary entry
-        first = self.consumers[op.index][0]
+        consumers = self.consumers[op.index]
+        first = consumers[0]
         if first.kind == "linear":
             count = self._weight_matrix_shape(first)[1]
+        elif len(consumers) == 1 and self._is_patch_embedding(first):
+            count = self.state[first.params["weight"]][0].numel()  # one node per channel and kernel position
         elif first.kind == "conv":
             count = self.state[first.params["weight"]].shape[1] * first.attrs.get("groups", 1)
         else:
             count = op.out_shape[-1]
         self.sets[op.index] = self.new_nodes(count, "input")
+
+    def _is_patch_embedding(self, op: Op) -> bool:
+        """A conv whose stride is its kernel and that pads nothing is a linear map on non-overlapping patches."""
+        if op.kind != "conv" or op.attrs.get("transposed") or op.attrs.get("groups", 1) != 1:
+            return False
+        padding = op.attrs.get("padding")
+        unpadded = padding == "valid" or (isinstance(padding, tuple) and not any(padding))
+        return unpadded and op.attrs.get("stride") == tuple(self.state[op.params["weight"]].shape[2:])
 
     def _is_index_input(self, op: Op) -> bool:
         return all(consumer.kind == "embedding" for consumer in self.consumers.get(op.index, []))

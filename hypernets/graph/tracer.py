@@ -10,6 +10,8 @@ which is what plain ``torch.fx`` and autograd walks get wrong or right by accide
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,6 +42,11 @@ _METADATA = frozenset(
     }
 )  # fmt: skip
 _MATMULS = frozenset({"matmul", "mm", "bmm", "__matmul__", "__rmatmul__"})
+# Pass-through calls that may swap the two axes of a matrix (``W.T``, ``W.transpose(0, 1)``, ...).
+_TRANSPOSES = frozenset({"t", "T", "mT", "transpose", "swapaxes", "swapdims", "permute", "movedim"})
+# Python-level torch functions that dispatch to a mode as one call but are built from vocabulary ops:
+# the recorder runs their body under the mode so that their linears and attention are recorded.
+_COMPOSITES = frozenset({"multi_head_attention_forward"})
 
 # A tag says where a tracked tensor comes from.
 _OP, _PARAM, _INDEX = "op", "param", "index"
@@ -87,10 +94,12 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.model = model
         self.param_names = {id(p): name for name, p in model.named_parameters()}
+        self.param_sizes = {name: p.numel() for name, p in model.named_parameters()}
         self.module_names = {id(m): name for name, m in model.named_modules()}
         self.stack: list[tuple[nn.Module, str | None]] = []  # (module, kind if recorded whole)
         self.ops: list[Op] = []
         self.tags: dict[int, tuple[str, Any]] = {}
+        self.flipped: set[int] = set()  # ids of tensors that are transposed views of a matrix parameter
         self.alive: list[torch.Tensor] = []  # keeps tagged tensors alive so that ids stay unique
 
     # -- module stack ---------------------------------------------------------------------------
@@ -117,7 +126,7 @@ class _Recorder(TorchFunctionMode):
             return
         sources = [("input", t, self._tag(t)) for t in _tensors(args)]
         sources = [s for s in sources if s[2] is not None]
-        params = {n.rsplit(".", 1)[-1]: self.param_names[id(p)] for n, p in module.named_parameters()}
+        params = {n: self.param_names[id(p)] for n, p in module.named_parameters()}
         op = self._add_op(kind, type(module).__name__, sources, params, output, module)
         self._tag_all(output, (_OP, op.index))
 
@@ -157,9 +166,14 @@ class _Recorder(TorchFunctionMode):
         sources = [(role, t, tag) for role, t in _arguments(name, args, kwargs) if (tag := self._tag(t))]
         if not sources:
             return func(*args, **kwargs)
+        if name in _MATMULS:  # whichever side it is on, a parameter operand is the weight
+            sources = [("weight" if tag[0] == _PARAM else "input", t, tag) for _, t, tag in sources]
+        if name in _COMPOSITES:
+            with self:
+                return _without_dispatch(func)(*args, **kwargs)
         result = func(*args, **kwargs)
         if name in PASS_THROUGH:
-            self._tag_all(result, sources[0][2])
+            self._pass_through(name, sources[0], result, args, kwargs)
             return result
         kind = self._kind(name, sources)
         if kind != "embedding" and all(tag[0] == _INDEX for _, _, tag in sources):
@@ -174,9 +188,35 @@ class _Recorder(TorchFunctionMode):
                 f"as one op: hypernets.graph.register_module({type(module).__name__}, kind='linear')"
             )
         op = self._add_op(kind, name, sources, params, result, None)
-        _annotate(op, name, sources, args, kwargs)
+        _annotate(op, name, args, kwargs)
+        if kind == "linear":
+            op.attrs["weight_layout"] = self._weight_layout(name, sources, args)
         self._tag_all(result, (_OP, op.index))
         return result
+
+    def _pass_through(self, name: str, source, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """The result carries its source's identity; a view of a matrix parameter also whether it is transposed."""
+        _, tensor, tag = source
+        self._tag_all(result, tag)
+        if tag[0] != _PARAM:
+            return
+        flipped = (id(tensor) in self.flipped) != (name in _TRANSPOSES and _swaps_axes(name, tensor, args, kwargs))
+        for view in _tensors(result):
+            if flipped:
+                self.flipped.add(id(view))
+            else:
+                self.flipped.discard(id(view))
+
+    def _weight_layout(self, name: str, sources, args: tuple[Any, ...]) -> str:
+        """Which axis of the stored weight contracts with the input: its second for "out_in".
+
+        ``F.linear(x, W)`` and ``W @ x`` contract the second axis of their argument, ``x @ W`` and
+        ``addmm`` the first; a transposed view of the parameter (``x @ W.T``) swaps the answer.
+        """
+        weight = next((t for role, t, _ in sources if role == "weight"), None)  # None: an untracked weight
+        weight_first = (args[0] is weight) != (name == "__rmatmul__")
+        contracts_second = weight_first if name in _MATMULS else name == "linear"
+        return "out_in" if contracts_second != (id(weight) in self.flipped) else "in_out"
 
     def _kind(self, name: str, sources: list[tuple[str, torch.Tensor, tuple[str, Any]]]) -> str:
         if name in _MATMULS and any(tag[0] == _PARAM for _, _, tag in sources):
@@ -190,7 +230,7 @@ class _Recorder(TorchFunctionMode):
         return op
 
     def _add_op(self, kind, function, sources, params, result, module: nn.Module | None) -> Op:
-        module = module or (self.stack[-1][0] if self.stack else self.model)
+        module = module or self._owning_module(params, self.stack[-1][0] if self.stack else self.model)
         op = self._new_op(kind, function, self.module_names.get(id(module), ""), type(module).__name__)
         for _, tensor, tag in sources:
             if tag[0] != _PARAM:
@@ -198,9 +238,25 @@ class _Recorder(TorchFunctionMode):
                     op.inputs.append(tag[1])
                 op.in_shapes.append(tuple(tensor.shape))
         op.params = params
+        sliced = [
+            tag[1] for _, tensor, tag in sources if tag[0] == _PARAM and tensor.numel() < self.param_sizes[tag[1]]
+        ]
+        if sliced:
+            op.attrs["sliced"] = sliced  # reads part of a parameter (a split of a fused projection)
         first = next(_tensors(result), None)
         op.out_shape = tuple(first.shape) if first is not None else ()
         return op
+
+    def _owning_module(self, params: dict[str, str], module: nn.Module) -> nn.Module:
+        """The submodule of ``module`` holding all of ``params``, else ``module``: a weight read without
+        calling its module (``self_attn.out_proj`` inside ``F.multi_head_attention_forward``) is
+        attributed to the module it belongs to."""
+        owners = {name.rpartition(".")[0] for name in params.values()}
+        prefix = self.module_names.get(id(module), "")
+        owner = owners.pop() if len(owners) == 1 else prefix
+        if owner == prefix or not owner.startswith(f"{prefix}." if prefix else ""):
+            return module
+        return self.model.get_submodule(owner)
 
     def finish(self, output: Any) -> ModelIR:
         """Keep the ops that reach an output, renumber them, and report unread parameters."""
@@ -233,16 +289,23 @@ def _ancestors(ops: list[Op], outputs: list[int]) -> set[int]:
     return live
 
 
-def _annotate(op: Op, name: str, sources, args, kwargs) -> None:
-    """Attributes the graph views need: weight layout of linears, conv grouping, concat axis."""
-    if op.kind == "linear":
-        weight_is_second = name == "addmm" or (name in _MATMULS and sources[-1][0] == "weight")
-        op.attrs["weight_layout"] = "in_out" if weight_is_second else "out_in"
-    elif op.kind == "conv":
+def _annotate(op: Op, name: str, args, kwargs) -> None:
+    """Attributes the graph views need: conv grouping, stride and padding, concat axis."""
+    if op.kind == "conv":
         op.attrs["groups"] = kwargs.get("groups", args[6] if len(args) > 6 else 1)
         op.attrs["transposed"] = name.startswith("conv_transpose")
+        rank = (args[1] if len(args) > 1 else kwargs["weight"]).dim() - 2
+        for position, key, default in ((3, "stride", 1), (4, "padding", 0)):
+            op.attrs[key] = _per_axis(kwargs.get(key, args[position] if len(args) > position else default), rank)
     elif op.kind == "concat":
         op.attrs["dim"] = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+
+
+def _per_axis(value: Any, rank: int) -> tuple[int, ...] | str:
+    """A conv's stride or padding as one int per spatial axis (padding may also be "same" or "valid")."""
+    if isinstance(value, str):
+        return value
+    return (value,) * rank if isinstance(value, int) else tuple(value)
 
 
 def _whole_module_kind(module: nn.Module) -> str | None:
@@ -265,10 +328,7 @@ def _function_name(func: Any) -> str:
 
 def _arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor argument with its role: named for known parametric functions, else "operand"."""
-    if name in _MATMULS:
-        roles: tuple[str, ...] = ("input", "weight")
-    else:
-        roles = ARGUMENT_ROLES.get(name) or ARGUMENT_ROLES.get(FUNCTION_KINDS.get(name, ""), ())
+    roles = ARGUMENT_ROLES.get(name) or ARGUMENT_ROLES.get(FUNCTION_KINDS.get(name, ""), ())
     for i, value in enumerate(args):
         role = roles[i] if i < len(roles) else "operand"
         for tensor in _tensors(value):
@@ -276,6 +336,39 @@ def _arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iter
     for key, value in kwargs.items():
         for tensor in _tensors(value):
             yield key, tensor
+
+
+def _swaps_axes(name: str, tensor: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether transpose-like call ``name`` on ``tensor`` exchanges the two axes of a matrix."""
+    if tensor.dim() != 2:
+        return False
+    if name in ("t", "T", "mT"):
+        return True
+    dims = [d % 2 for d in _integers((*args[1:], *kwargs.values()))]
+    if name == "permute":
+        return dims[:1] == [1]
+    return len(dims) >= 2 and dims[0] != dims[1]
+
+
+def _integers(values: Any) -> Iterator[int]:
+    for value in values:
+        if isinstance(value, int):
+            yield value
+        elif isinstance(value, list | tuple | torch.Size):
+            yield from _integers(value)
+
+
+@functools.cache
+def _without_dispatch(func: Any) -> Any:
+    """A copy of Python torch function ``func`` whose own ``has_torch_function`` check is off.
+
+    ``func`` hands itself to the active mode whole; its copy runs its body instead, so every torch
+    call inside it (linear, attention, ...) reaches the mode and is recorded.
+    """
+    namespace = {**func.__globals__, "has_torch_function": lambda _: False}
+    copy = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
+    copy.__kwdefaults__ = func.__kwdefaults__
+    return copy
 
 
 def _unique_roles(pairs) -> dict[str, str]:
