@@ -19,15 +19,17 @@ import torch
 from hypernets.data.base import LabeledTensorDataset
 
 _ROW = 3 * 32 * 32  # one image: 1024 red, then 1024 green, then 1024 blue bytes, each plane row-major
-_ALLOWED_GLOBALS = frozenset({
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),  # the official files (written by numpy 1.x)
-    ("numpy._core.multiarray", "_reconstruct"),  # re-pickled by numpy 2.x
-    ("numpy.core.numeric", "_frombuffer"),  # protocol 5, numpy 1.x
-    ("numpy._core.numeric", "_frombuffer"),  # protocol 5, numpy 2.x
-    ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2
-})
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),  # the official files (written by numpy 1.x)
+        ("numpy._core.multiarray", "_reconstruct"),  # re-pickled by numpy 2.x
+        ("numpy.core.numeric", "_frombuffer"),  # protocol 5, numpy 1.x
+        ("numpy._core.numeric", "_frombuffer"),  # protocol 5, numpy 2.x
+        ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,7 @@ def load_cifar10(root: str | os.PathLike, split: str = "train") -> LabeledTensor
     return _load(Path(root), split, layout)
 
 
-def load_cifar100(
-    root: str | os.PathLike, split: str = "train", labels: str = "fine"
-) -> LabeledTensorDataset:
+def load_cifar100(root: str | os.PathLike, split: str = "train", labels: str = "fine") -> LabeledTensorDataset:
     """CIFAR-100 ``split`` ("train" or "test") from the extracted ``cifar-100-python`` directory
     ``root``, labelled with the 100 ``"fine"`` or the 20 ``"coarse"`` classes.
 
@@ -97,8 +97,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}; CIFAR files hold only "
-                                         "containers, bytes and numpy arrays")
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}; CIFAR files hold only containers, bytes and numpy arrays"
+            )
         return super().find_class(module, name)
 
 

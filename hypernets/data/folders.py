@@ -11,9 +11,7 @@ if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
 
 
-def load_image_folder(
-    root: str | os.PathLike, image_size: int = 224, transform: Callable | None = None
-) -> ImageFolder:
+def load_image_folder(root: str | os.PathLike, image_size: int = 224, transform: Callable | None = None) -> ImageFolder:
     """A dataset of (float32 ``[3, image_size, image_size]`` image in [0, 1], class index) pairs.
 
     Classes are the sub-folder names in sorted order (``dataset.classes``), so indices are the same
@@ -26,9 +24,7 @@ def load_image_folder(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    transform = transform or transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.ToTensor()]
-    )
+    transform = transform or transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
     try:
         return ImageFolder(root, transform=transform)
     except FileNotFoundError as err:  # no class folders, or a class folder without images

@@ -52,10 +52,10 @@ def _find(root: Path, name: str) -> Path:
 def _check(images: np.ndarray, labels: np.ndarray, images_path: Path, labels_path: Path) -> None:
     """IDX only guarantees a consistent file; make sure the pair is actually MNIST."""
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise IDXFormatError(f"{images_path}: expected uint8 images of shape [N, 28, 28], got "
-                             f"{images.dtype} {list(images.shape)}")
+        raise IDXFormatError(
+            f"{images_path}: expected uint8 images of shape [N, 28, 28], got {images.dtype} {list(images.shape)}"
+        )
     if labels.dtype != np.uint8 or labels.ndim != 1 or labels.max(initial=0) > 9:
         raise IDXFormatError(f"{labels_path}: expected a 1-d array of uint8 labels in 0..9")
     if len(images) != len(labels):
-        raise IDXFormatError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                             f"{len(labels)} labels")
+        raise IDXFormatError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")

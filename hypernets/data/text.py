@@ -45,8 +45,7 @@ def _read_hf_dataset(path: Path, column: str) -> str:
         import datasets
     except ImportError as err:
         raise ImportError(
-            f"{path} is a Hugging Face dataset saved with save_to_disk; reading it needs "
-            "`pip install datasets`"
+            f"{path} is a Hugging Face dataset saved with save_to_disk; reading it needs `pip install datasets`"
         ) from err
     loaded = datasets.load_from_disk(str(path))
     is_dict = isinstance(loaded, datasets.DatasetDict)
