@@ -106,8 +106,10 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, hnet: LoGAH) -> None:
     loaded = LoGAH.from_pretrained(tmp_path).eval()
     assert loaded.config == hnet.config
     model = _vit()
-    for key, value in hnet.predict(model).items():
-        assert torch.equal(value, loaded.predict(model)[key]), key
+    expected, got = hnet.predict(model), loaded.predict(model)
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
 
 
 def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tmp_path, hnet: LoGAH) -> None:
