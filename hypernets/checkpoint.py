@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def save_checkpoint(directory: str | os.PathLike, config: dict[str, Any], state:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / WEIGHTS_FILE, state)
-    _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(json.dumps(config, indent=2) + "\n"))
     return directory
 
 
@@ -34,7 +35,7 @@ def save_tensors(
 ) -> None:
     """One safetensors file, written atomically; tensors are copied to contiguous CPU memory first."""
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(Path(path), lambda temporary: save_file(plain, temporary, metadata=metadata))
+    atomic_write(Path(path), lambda temporary: save_file(plain, temporary, metadata=metadata))
 
 
 def load_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -76,7 +77,8 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
     module.load_state_dict(state)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(temporary)`` on a temporary file beside ``path``, then rename it to ``path``."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -85,3 +87,5 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+

@@ -1,16 +1,203 @@
-"""The ``metaprune`` command: only its help for now; the pruning commands arrive with the metaprune issue."""
+"""The ``metaprune`` command: prune a trained network as a step of a CI pipeline.
+
+Exit status: 0 when the pruned model meets the speed-up target and the accuracy bound, 1 when it does
+not (the report says why), 2 on bad input (nothing is written). torch and PyG are imported by the
+commands, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-DESCRIPTION = (
-    "Prune networks with a GNN metanetwork that rewrites their neuron graph (see 'hypernets graph --view neuron'). "
-    "The pruning commands arrive with the metaprune issue; until then this command only prints this help."
-)
+PASSED, FAILED, BAD_INPUT = 0, 1, 2
+PRUNE_EXAMPLES = """\
+examples:
+  metaprune prune --model net/model.safetensors --config net/model.json --metanet metanet/ \\
+      --speedup 2.0 --finetune-steps 300 --max-acc-drop 1.0 --out pruned/ --report report.json
+  metaprune prune --model net/model.safetensors --config net/model.json --speedup 4 --method l1 --out pruned/
+
+exit status: 0 target and accuracy bound met (pruned/ and the report written), 1 not met (only the
+report is written, saying why), 2 bad input (a missing or corrupt file, a model that does not match its
+config, NaN weights, an unsupported layer, a speed-up the architecture cannot reach; nothing written).
+"""
+
+
+class BadInput(ValueError):
+    """An input the command cannot work with: exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="metaprune", description=DESCRIPTION)
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    """Entry point of the ``metaprune`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    try:
+        return args.run(args)
+    except BadInput as err:
+        print(f"metaprune: error: {err}", file=sys.stderr)
+        return BAD_INPUT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metaprune",
+        description="Prune trained networks, optionally after a GNN metanetwork has rewritten them to be easy to "
+        "prune. Run 'metaprune COMMAND --help' for the options of a command.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    prune = commands.add_parser(
+        "prune",
+        help="prune a trained model to a FLOPs speed-up, fine-tune it, check the accuracy bound",
+        description="Rewrite a trained model with a metanetwork (optional), remove whole channels until its FLOPs\n"
+        "drop by --speedup (Torch-Pruning's dependency graph keeps residuals and BatchNorm consistent),\n"
+        "fine-tune it for a fixed budget on the embedded MNIST, and compare its accuracy with the original's.",
+        epilog=PRUNE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prune.add_argument("--model", required=True, type=Path, metavar="FILE", help="trained weights (safetensors)")
+    prune.add_argument("--config", required=True, type=Path, metavar="JSON", help="the model's config (model.json)")
+    prune.add_argument("--metanet", type=Path, metavar="DIR", help="metanetwork checkpoint; without it, prune as is")
+    prune.add_argument("--speedup", required=True, type=float, help="required FLOPs (MACs) ratio, dense / pruned")
+    prune.add_argument(
+        "--method",
+        choices=("group_norm", "l1", "random"),
+        default="group_norm",
+        help="channel importance (default: group_norm, the group L2 norm)",
+    )
+    prune.add_argument("--finetune-steps", type=int, default=300, help="optimizer steps after pruning (default 300)")
+    prune.add_argument("--lr", type=float, default=0.01, help="peak fine-tuning learning rate, SGD (default 0.01)")
+    prune.add_argument("--max-acc-drop", type=float, default=1.0, help="allowed accuracy drop in points (default 1.0)")
+    prune.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the pruned model")
+    prune.add_argument(
+        "--report", type=Path, metavar="JSON", help="write the report here (default: OUT/../report.json)"
+    )
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    prune.add_argument("--seed", type=int, default=0, help="seeds fine-tuning (default 0)")
+    prune.set_defaults(run=run_prune)
+    return parser
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """Validate everything first, then prune and fine-tune, then write the outputs all at once."""
+    import torch
+
+    from metaprune.finetune import finetune
+    from metaprune.measure import measure
+    from metaprune.population import INPUT_SHAPE, mnist
+    from metaprune.prune import ImpossibleTargetError, prune
+    from metaprune.store import pruned_files, write_directory
+
+    report_path = args.report or args.out.parent / "report.json"
+    if args.out.exists() and not args.overwrite:
+        raise BadInput(f"{args.out} already exists; pass --overwrite to replace it")
+    if not args.speedup >= 1:
+        raise BadInput(f"--speedup must be at least 1, got {args.speedup}")
+    if args.finetune_steps < 0:
+        raise BadInput(f"--finetune-steps must be at least 0, got {args.finetune_steps}")
+    model, config = _load_model(args.model, args.config)
+    example = torch.zeros(1, *INPUT_SHAPE[1:])
+    train, eval_set = mnist("train"), mnist("eval")
+    before = measure(model, example, eval_set)
+    if args.metanet:
+        model = _rewrite(model, args.metanet)
+    try:
+        result = prune(model, example, speedup=args.speedup, method=args.method, seed=args.seed)
+    except ImpossibleTargetError as err:
+        raise BadInput(f"{args.config}: {err}") from err
+    pruned = result.model
+    losses = (
+        finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=args.seed) if args.finetune_steps else []
+    )
+    after = measure(pruned.eval(), example, eval_set)
+    drop = 100 * (before.accuracy - after.accuracy)
+    reasons = []
+    if result.speedup < args.speedup:
+        reasons.append(f"speed-up {result.speedup:.2f}x is below the target {args.speedup:.2f}x")
+    if drop > args.max_acc_drop:
+        reasons.append(f"accuracy dropped {drop:.2f} points, more than --max-acc-drop {args.max_acc_drop}")
+    report = _report(args, result, before, after, drop, losses, reasons)
+    if not reasons:
+        write_directory(args.out, pruned_files(pruned, config), overwrite=args.overwrite)
+    _write_report(report_path, report)
+    verdict = "PASSED" if not reasons else "FAILED: " + "; ".join(reasons)
+    print(
+        f"speed-up {result.speedup:.2f}x (target {args.speedup:.2f}x), parameters {before.params:,} -> "
+        f"{after.params:,}, accuracy {100 * before.accuracy:.2f}% -> {100 * after.accuracy:.2f}%, "
+        f"latency {before.latency_ms:.2f} -> {after.latency_ms:.2f} ms\n{verdict}"
+    )
+    return FAILED if reasons else PASSED
+
+
+def _load_model(weights: Path, config_path: Path):
+    """The dense model from its two files; any problem with them is bad input, named by file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from hypernets.checkpoint import load_state_strict
+    from metaprune.population import build_from_config
+    from metaprune.prune import check_finite
+
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BadInput(f"{config_path}: not a readable model config: {err}") from err
+    try:
+        state = load_file(weights)
+    except (OSError, SafetensorError) as err:
+        raise BadInput(f"{weights}: not a readable safetensors file: {err}") from err
+    try:
+        model = build_from_config(config, config_path)  # errors name the config file
+        load_state_strict(model, state, weights)  # errors name the weights file and the tensors
+        check_finite(model)
+    except ValueError as err:
+        named = str(weights) in str(err) or str(config_path) in str(err)
+        raise BadInput(str(err) if named else f"{weights}: {err}") from err
+    return model.eval(), config
+
+
+def _rewrite(model, metanet_dir: Path):
+    """The model with the metanetwork's rewritten weights loaded in."""
+    from hypernets.checkpoint import CheckpointError
+    from hypernets.graph import GraphConversionError
+    from metaprune.metanet import Metanet
+    from metaprune.population import INPUT_SHAPE
+
+    try:
+        return Metanet.from_pretrained(metanet_dir).eval().rewrite_(model, INPUT_SHAPE)
+    except (CheckpointError, GraphConversionError) as err:
+        raise BadInput(str(err)) from err
+
+
+def _report(args, result, before, after, drop: float, losses: list[float], reasons: list[str]) -> dict[str, Any]:
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "model": str(args.model),
+        "config": str(args.config),
+        "metanet": str(args.metanet) if args.metanet else None,
+        "method": args.method,
+        "target": {"speedup": args.speedup, "max_acc_drop": args.max_acc_drop},
+        "speedup": result.speedup,
+        "param_ratio": result.param_ratio,
+        "accuracy_drop": drop,
+        "before": before.to_dict(),
+        "after": after.to_dict(),
+        "finetune": {"steps": args.finetune_steps, "lr": args.lr, "first_loss": losses[:1], "last_loss": losses[-1:]},
+        "out": str(args.out) if not reasons else None,
+    }
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    from hypernets.checkpoint import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(report, indent=2) + "\n"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

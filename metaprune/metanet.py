@@ -1,0 +1,198 @@
+"""A GNN metanetwork that rewrites a network's neuron graph: ``graph -> graph`` with the same structure.
+
+Weights live on edges and biases / norm parameters on nodes (see :mod:`hypernets.graph.neuron_graph`),
+so every layer updates both: an edge reads ``[edge, source, target]``, then a node aggregates messages
+from its incoming and its outgoing edges with mean, std, max and min (PNA-style). Nodes start from
+their type and values only, never from their index, so permuting hidden neurons permutes the output
+the same way. Values are divided by their tensor's RMS on the way in (trained weights are tiny) and
+the output is ``value + alpha * rms * delta`` with a learned ``alpha`` that starts at ``1e-3``: a
+fresh metanetwork is nearly the identity map. Only parameters change; batch-norm statistics, padding
+columns and identity edges are passed through untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+from torch_geometric.nn import MessagePassing
+
+from hypernets.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from hypernets.graph import EDGE_TYPES, NODE_SLOTS, NODE_TYPES, from_neuron_graph, to_neuron_graph
+from hypernets.graph.inputs import Inputs
+from hypernets.graph.neuron_graph import EdgePlacement, NodePlacement
+
+CHECKPOINT_KIND = "metaprune.Metanet"
+PARAMETER_SLOTS = tuple(NODE_SLOTS.index(s) for s in ("bias", "weight", "norm_bias"))  # running stats are not
+AGGREGATORS = ("mean", "std", "max", "min")
+MIN_SCALE = 1e-6
+
+
+@dataclass(frozen=True)
+class MetanetConfig:
+    """Sizes of a metanetwork; saved as ``config.json`` next to its weights."""
+
+    node_dim: int = 64
+    edge_dim: int = 64
+    layers: int = 3
+    max_width: int = 9  # widest edge (kernel size k * k) it reads and writes
+    residual_scale: float = 1e-3  # initial alpha
+
+    def __post_init__(self) -> None:
+        for name in ("node_dim", "edge_dim", "layers", "max_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MetanetConfig.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class GraphLayout:
+    """Which values of a neuron graph are parameters, and the RMS of the tensor each belongs to."""
+
+    node_mask: Tensor  # [N, slots] bool: a parameter lives here
+    node_scale: Tensor  # [N, slots]
+    edge_mask: Tensor  # [E, width] bool: a weight value (not padding, not a tied copy) lives here
+    edge_scale: Tensor  # [E, 1]
+
+    @classmethod
+    def of(cls, graph: Data) -> GraphLayout:
+        x, attr = graph.x.detach(), graph.edge_attr.detach()
+        node_mask, node_scale = torch.zeros_like(x, dtype=torch.bool), torch.ones_like(x)
+        edge_mask, edge_scale = torch.zeros_like(attr, dtype=torch.bool), torch.ones_like(attr[:, :1])
+        for p in graph.placements:
+            if isinstance(p, NodePlacement):
+                node_scale[p.nodes, p.slot] = _rms(x[p.nodes, p.slot])
+                node_mask[p.nodes, p.slot] = p.slot in PARAMETER_SLOTS
+            elif isinstance(p, EdgePlacement):
+                rows = slice(p.start, p.start + p.rows * p.cols)
+                edge_scale[rows] = _rms(attr[rows, : p.width])
+                edge_mask[rows, : p.width] = True
+        return cls(node_mask, node_scale, edge_mask, edge_scale)
+
+
+def _rms(values: Tensor) -> Tensor:
+    return values.float().square().mean().sqrt().clamp_min(MIN_SCALE).to(values.dtype)
+
+
+def _mlp(d_in: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+
+
+class NeuronGraphLayer(MessagePassing):
+    """One round of edge then node updates, both pre-norm residual.
+
+    Messages run both ways, each with its own weights: a neuron learns from the weights that feed it
+    and from those that read it (a channel is prunable when either side is small).
+    """
+
+    def __init__(self, node_dim: int, edge_dim: int) -> None:
+        super().__init__(aggr=list(AGGREGATORS))
+        self.node_norm, self.edge_norm = nn.LayerNorm(node_dim), nn.LayerNorm(edge_dim)
+        self.edge_mlp = _mlp(edge_dim + 2 * node_dim, edge_dim)
+        self.forward_message = nn.Linear(node_dim + edge_dim, node_dim)
+        self.backward_message = nn.Linear(node_dim + edge_dim, node_dim)
+        self.node_mlp = _mlp(node_dim * (1 + 2 * len(AGGREGATORS)), node_dim)
+
+    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        hn = self.node_norm(h)
+        e = e + self.edge_updater(edge_index, h=hn, e=self.edge_norm(e))
+        size = (h.shape[0], h.shape[0])
+        incoming = self.propagate(edge_index, h=hn, e=e, message_net=self.forward_message, size=size)
+        outgoing = self.propagate(edge_index.flip(0), h=hn, e=e, message_net=self.backward_message, size=size)
+        return h + self.node_mlp(torch.cat([hn, incoming, outgoing], dim=-1)), e
+
+    def edge_update(self, h_i: Tensor, h_j: Tensor, e: Tensor) -> Tensor:
+        return self.edge_mlp(torch.cat([e, h_j, h_i], dim=-1))
+
+    def message(self, h_j: Tensor, e: Tensor, message_net: nn.Module) -> Tensor:
+        return torch.nn.functional.gelu(message_net(torch.cat([h_j, e], dim=-1)))
+
+
+class Metanet(nn.Module):
+    """``Metanet(config)(graph) -> graph``: the same neuron graph with rewritten parameter values."""
+
+    def __init__(self, config: MetanetConfig | None = None, **overrides) -> None:
+        super().__init__()
+        self.config = config = MetanetConfig(**{**(asdict(config) if config else {}), **overrides})
+        slots, width = len(NODE_SLOTS), config.max_width
+        self.node_type_embedding = nn.Embedding(len(NODE_TYPES), config.node_dim)
+        self.edge_type_embedding = nn.Embedding(len(EDGE_TYPES), config.edge_dim)
+        self.node_encoder = nn.Linear(2 * slots, config.node_dim)  # values and which slots exist
+        self.edge_encoder = nn.Linear(2 * width, config.edge_dim)
+        self.layers = nn.ModuleList(NeuronGraphLayer(config.node_dim, config.edge_dim) for _ in range(config.layers))
+        self.node_decoder = nn.Sequential(nn.LayerNorm(config.node_dim), nn.Linear(config.node_dim, slots))
+        self.edge_decoder = nn.Sequential(nn.LayerNorm(config.edge_dim), nn.Linear(config.edge_dim, width))
+        self.alpha = nn.Parameter(torch.full((2,), config.residual_scale))  # nodes, edges
+
+    def forward(self, graph: Data, layout: GraphLayout | None = None) -> Data:
+        layout = layout or GraphLayout.of(graph)
+        width, max_width = graph.edge_attr.shape[1], self.config.max_width
+        if width > max_width:
+            raise ValueError(
+                f"the graph has edges of {width} values (kernels or flattened maps that wide), but this "
+                f"metanetwork reads at most max_width={max_width}"
+            )
+        x = graph.x / layout.node_scale
+        attr = nn.functional.pad(graph.edge_attr / layout.edge_scale, (0, max_width - width))
+        edge_mask = nn.functional.pad(layout.edge_mask, (0, max_width - width))
+        h = self.node_type_embedding(graph.node_type) + self.node_encoder(
+            torch.cat([x, layout.node_mask.to(x.dtype)], dim=-1)
+        )
+        e = self.edge_type_embedding(graph.edge_type) + self.edge_encoder(
+            torch.cat([attr, edge_mask.to(attr.dtype)], dim=-1)
+        )
+        for layer in self.layers:
+            h, e = layer(h, graph.edge_index, e)
+        node_delta = self.node_decoder(h) * layout.node_mask * layout.node_scale
+        edge_delta = self.edge_decoder(e)[:, :width] * layout.edge_mask * layout.edge_scale
+        out = copy.copy(graph)
+        out.x = graph.x + self.alpha[0] * node_delta
+        out.edge_attr = graph.edge_attr + self.alpha[1] * edge_delta
+        return out
+
+    def transform(self, model: nn.Module, inputs: Inputs = None) -> dict[str, Tensor]:
+        """``model``'s rewritten state dict, differentiable: run it with ``torch.func.functional_call``."""
+        return transformed_state(self, to_neuron_graph(model, inputs))
+
+    @torch.no_grad()
+    def rewrite_(self, model: nn.Module, inputs: Inputs = None) -> nn.Module:
+        """Load the rewritten parameters into ``model`` in place (the inference path of pruning)."""
+        rewritten = self.transform(model, inputs)
+        state = model.state_dict()
+        for name, value in rewritten.items():
+            state[name].copy_(value)
+        return model
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """``config.json`` + ``model.safetensors`` in ``directory``, each written atomically."""
+        save_checkpoint(directory, {"kind": CHECKPOINT_KIND, **asdict(self.config)}, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Metanet:
+        config, state = load_checkpoint(directory, CHECKPOINT_KIND)
+        known = {f.name for f in fields(MetanetConfig)}
+        unknown = sorted(set(config) - known - {"kind"})
+        if unknown:
+            raise CheckpointError(f"{directory}/config.json has unknown metanet settings: {', '.join(unknown)}")
+        try:
+            metanet = cls(MetanetConfig(**{k: v for k, v in config.items() if k in known}))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}/config.json has invalid metanet settings: {err}") from err
+        load_state_strict(metanet, state, f"{directory}/model.safetensors")
+        return metanet.to(map_location)
+
+
+def graph_state(graph: Data) -> dict[str, Tensor]:
+    """The state dict a (rewritten) neuron graph decodes to, ready for ``functional_call``: batch-norm
+    statistics are detached (never rewritten anyway), as ``batch_norm`` refuses ones that require grad."""
+    statistics = {p.name for p in graph.placements if isinstance(p, NodePlacement) and p.slot not in PARAMETER_SLOTS}
+    return {k: v.detach() if k in statistics else v for k, v in from_neuron_graph(graph).items()}
+
+
+def transformed_state(metanet: Metanet, graph: Data, layout: GraphLayout | None = None) -> dict[str, Tensor]:
+    """The state dict of ``graph`` rewritten by ``metanet``, differentiable in its parameters."""
+    return graph_state(metanet(graph, layout))

@@ -1,0 +1,96 @@
+"""``metaprune prune``: exit status 0/1/2, outputs written whole or not at all, pruned models reload."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from metaprune.cli import main
+from metaprune.measure import count_macs_params
+from metaprune.metanet import Metanet
+from metaprune.population import INPUT_SHAPE, build_population, mnist, population_specs
+from metaprune.store import load_pruned
+
+
+@pytest.fixture(scope="module")
+def member(tmp_path_factory):
+    root = tmp_path_factory.mktemp("population")
+    (directory,) = build_population(root, population_specs(1, train_steps=80), progress=False)
+    return directory
+
+
+def _args(member, out, *extra: str) -> list[str]:
+    model, config = member / "model.safetensors", member / "model.json"
+    return ["prune", "--model", str(model), "--config", str(config), "--out", str(out), *extra]
+
+
+def test_a_met_target_writes_a_pruned_model_that_reloads_and_a_report(member, tmp_path, capsys) -> None:
+    out, report_path = tmp_path / "pruned", tmp_path / "report.json"
+    options = ["--speedup", "2", "--finetune-steps", "20", "--max-acc-drop", "20", "--report", str(report_path)]
+    assert main(_args(member, out, *options)) == 0
+    assert "PASSED" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["passed"] and report["speedup"] >= 2 and report["reasons"] == []
+    model, config = load_pruned(out)
+    assert config == json.loads((member / "model.json").read_text())
+    dense_macs = report["before"]["macs"]
+    macs, params = count_macs_params(model, torch.zeros(1, *INPUT_SHAPE[1:]))
+    assert (macs, params) == (report["after"]["macs"], report["after"]["params"]) and dense_macs / macs >= 2
+    images, labels = mnist("eval").tensors
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == labels).float().mean().item()
+    assert math.isclose(accuracy, report["after"]["accuracy"], abs_tol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned", "report.json"]  # no temporaries left
+
+
+def test_a_missed_accuracy_bound_exits_1_with_the_reason_and_no_model(member, tmp_path) -> None:
+    out = tmp_path / "pruned"
+    assert main(_args(member, out, "--speedup", "2", "--finetune-steps", "0", "--max-acc-drop", "-100")) == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert not report["passed"] and "accuracy dropped" in report["reasons"][0]
+    assert not out.exists()
+
+
+def test_a_fresh_metanet_is_applied_before_pruning(member, tmp_path) -> None:
+    torch.manual_seed(0)
+    Metanet().save_pretrained(tmp_path / "metanet")
+    out = tmp_path / "pruned"
+    options = ["--metanet", str(tmp_path / "metanet"), "--speedup", "2", "--finetune-steps", "20"]
+    assert main(_args(member, out, *options, "--max-acc-drop", "100")) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["metanet"] == str(tmp_path / "metanet")
+
+
+@pytest.mark.parametrize("problem", ["impossible", "nan", "mismatch", "corrupt", "exists"])
+def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_path, capsys, problem) -> None:
+    weights, config, speedup = member / "model.safetensors", member / "model.json", "2"
+    if problem == "impossible":
+        speedup, expected = "100000", "cannot prune to speedup"
+    elif problem == "nan":
+        state = load_file(weights)
+        first = next(iter(state))
+        state[first][0] = float("nan")
+        weights = tmp_path / "nan.safetensors"
+        save_file(state, weights)
+        expected = first
+    elif problem == "mismatch":
+        other = {**json.loads(config.read_text()), "kwargs": {"channels": [4, 4]}}
+        config = tmp_path / "other.json"
+        config.write_text(json.dumps(other))
+        expected = "does not match"
+    elif problem == "corrupt":
+        weights = tmp_path / "corrupt.safetensors"
+        weights.write_bytes(b"not a safetensors file")
+        expected = "not a readable safetensors file"
+    else:
+        (tmp_path / "out" / "old").mkdir(parents=True)
+        expected = "already exists"
+    before = sorted(tmp_path.rglob("*"))
+    args = ["prune", "--model", str(weights), "--config", str(config), "--speedup", speedup]
+    assert main([*args, "--finetune-steps", "5", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metaprune: error:") and expected in err, err
+    assert sorted(tmp_path.rglob("*")) == before
