@@ -37,14 +37,14 @@ FAMILIES: dict[str, Callable[..., nn.Module]] = {
 }
 # The architectures a population cycles through, smallest first; member i gets seed + i.
 ARCHITECTURES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("small_cnn", {"channels": [8, 16]}),
-    ("cifar_resnet", {"depth": 8, "width": 4, "in_channels": 1}),
-    ("mlp", {"hidden": [32]}),
     ("small_cnn", {"channels": [16, 32]}),
     ("cifar_resnet", {"depth": 8, "width": 8, "in_channels": 1}),
-    ("mlp", {"hidden": [64, 32]}),
-    ("small_cnn", {"channels": [8, 16, 32]}),
-    ("cifar_resnet", {"depth": 14, "width": 4, "in_channels": 1}),
+    ("mlp", {"hidden": [128]}),
+    ("small_cnn", {"channels": [32, 64]}),
+    ("cifar_resnet", {"depth": 8, "width": 16, "in_channels": 1}),
+    ("mlp", {"hidden": [256, 128]}),
+    ("small_cnn", {"channels": [16, 32, 64]}),
+    ("cifar_resnet", {"depth": 14, "width": 8, "in_channels": 1}),
 )
 
 
