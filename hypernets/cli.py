@@ -43,6 +43,38 @@ holds every parameter by name (tied parameters once), ready for model.load_state
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs as written, and the default of every option that has one in its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.help and action.default not in (None, False, argparse.SUPPRESS):
+            return f"{action.help} (default: %(default)s)"
+        return action.help or ""
+
+
+TRAIN_EXAMPLES = """\
+examples:
+  hypernets train --family vit --out runs/vit-logah --steps 4000             # ViTs on MNIST, on a CPU
+  hypernets train --family vit --out runs/vit-tiled --steps 4000 --decoder tiled --match-params
+  hypernets train --family gpt2 --out runs/gpt2-logah --steps 3000 --device cuda
+  torchrun --nproc-per-node 2 -m hypernets.cli train --family vit --out runs/vit-ddp
+
+Each step predicts the parameters of --archs-per-step sampled architectures in one hypernetwork call,
+runs them on one data batch and backpropagates their mean loss. OUT receives metrics.jsonl, loss.png,
+a resumable checkpoint every --checkpoint-every steps and the latest hypernetwork in OUT/hypernet
+(for 'hypernets predict' and 'hypernets evaluate'). Run the same command again to resume.
+"""
+
+EVALUATE_EXAMPLES = """\
+examples:
+  hypernets evaluate --family vit --hypernet LoGAH=runs/vit-logah/hypernet \\
+      --hypernet tiled=runs/vit-tiled/hypernet --out results/vit
+
+Held-out architectures are ones no training step samples: reserved in-range settings, and deeper and
+wider networks than any training one. OUT receives results.md, results.json and curves.png.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hypernets`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -114,7 +146,98 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="where the hypernetwork runs, e.g. cpu or cuda")
     predict.add_argument("--input-shape", type=_shape, metavar="N,C,H,W", help="as for 'hypernets graph'")
     predict.set_defaults(run=run_predict)
+    add_train_parser(commands)
+    add_evaluate_parser(commands)
     return parser
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    from hypernets.train.config import HYPERNET_DEFAULTS as hnet
+    from hypernets.train.config import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    train = commands.add_parser(
+        "train",
+        help="meta-train a hypernetwork on a family of sampled architectures",
+        description="Meta-train a LoGAH (or the tiled GHN-3 baseline) on sampled ViTs (MNIST) or GPT-2\n"
+        "models (byte-level text): AdamW, warm-up and cosine decay, gradient clipping, bf16 autocast on\n"
+        "CUDA, exact resume, and data parallelism under torchrun.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=_HelpFormatter,
+    )
+    train.add_argument("--family", choices=("vit", "gpt2"), default=defaults["family"], help="architecture family")
+    train.add_argument("--out", required=True, metavar="DIR", help="run directory (resumed if it holds a checkpoint)")
+    train.add_argument("--steps", type=_positive_int, default=defaults["steps"], help="total training steps")
+    train.add_argument(
+        "--archs-per-step",
+        type=_positive_int,
+        default=defaults["archs_per_step"],
+        metavar="N",
+        help="architectures per step (and rank)",
+    )
+    train.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"], help="examples per step")
+    train.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate")
+    train.add_argument("--min-lr", type=float, default=defaults["min_lr"], help="learning rate at the last step")
+    train.add_argument("--warmup", type=int, default=defaults["warmup"], help="linear warm-up steps")
+    train.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="AdamW weight decay")
+    train.add_argument("--grad-clip", type=float, default=defaults["grad_clip"], help="max gradient norm")
+    train.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=defaults["checkpoint_every"],
+        metavar="STEPS",
+        help="steps between checkpoints",
+    )
+    train.add_argument(
+        "--seed", type=int, default=defaults["seed"], help="seeds the hypernetwork, architectures and data"
+    )
+    train.add_argument("--device", default=defaults["device"], help="cpu or cuda")
+    train.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    train.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (tiny models: 1 is fastest)")
+    group = train.add_argument_group("hypernetwork")
+    group.add_argument("--hidden", type=_positive_int, default=hnet["hidden"], help="node embedding size")
+    group.add_argument("--layers", type=_positive_int, default=hnet["layers"], help="graph transformer layers")
+    group.add_argument("--heads", type=_positive_int, default=hnet["heads"], help="attention heads")
+    group.add_argument("--rank", type=_positive_int, default=hnet["rank"], help="rank of the low-rank decoder")
+    group.add_argument("--max-ck", type=_positive_int, default=hnet["max_ck"], help="rows decoded per block")
+    group.add_argument("--decoder", choices=("lowrank", "tiled"), default="lowrank", help="LoGAH or GHN-3's")
+    group.add_argument("--tile", type=_positive_int, default=64, help="tile of the tiled decoder")
+    group.add_argument(
+        "--match-params",
+        action="store_true",
+        help="use the tiled decoder with the tile that gives the hypernetwork as many parameters as the low-rank one",
+    )
+    group.add_argument("--no-mip", action="store_true", help="no MIP (constant-norm inputs, residual outputs)")
+    train.set_defaults(run=run_train)
+
+
+def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="compare predicted and random initializations of held-out architectures",
+        description="Initialize held-out architectures with each hypernetwork and with their own random init,\n"
+        "score them (eval accuracy for ViTs, eval loss for GPT-2) at step 0 and along a short AdamW\n"
+        "fine-tuning run, and write a markdown table and a plot.",
+        epilog=EVALUATE_EXAMPLES,
+        formatter_class=_HelpFormatter,
+    )
+    evaluate.add_argument("--family", choices=("vit", "gpt2"), default="vit", help="architecture family")
+    evaluate.add_argument(
+        "--hypernet",
+        type=_named_dir,
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="a hypernetwork checkpoint and the name its row gets; repeat to compare several",
+    )
+    evaluate.add_argument("--archs", type=_positive_int, default=8, help="held-out architectures to score")
+    evaluate.add_argument("--finetune-steps", type=int, default=100, metavar="N", help="AdamW steps per network")
+    evaluate.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64, help="fine-tuning batch size")
+    evaluate.add_argument("--seed", type=int, default=0, help="picks the architectures, random inits and batches")
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="where results.md and curves.png go")
+    evaluate.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads")
+    evaluate.set_defaults(run=run_evaluate)
 
 
 def run_graph(args: argparse.Namespace) -> int:
@@ -161,6 +284,70 @@ def run_predict(args: argparse.Namespace) -> int:
     values = sum(p.numel() for p in params.values())
     print(f"predicted {len(params)} tensors ({values:,} values) of {args.model} in {seconds:.2f} s")
     print(f"wrote {args.out}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """The ``train`` command: settings from the flags, then :func:`hypernets.train.train`."""
+    import torch
+
+    from hypernets.train import TrainConfig, train
+    from hypernets.train.baseline import count_parameters, tiled_baseline
+    from hypernets.train.config import hypernet_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hypernet = hypernet_config(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        rank=args.rank,
+        max_ck=args.max_ck,
+        decoder=args.decoder,
+        tile=args.tile,
+        mip=not args.no_mip,
+    )
+    if args.match_params:
+        hypernet = tiled_baseline(dataclasses.replace(hypernet, decoder="lowrank"))
+    config = TrainConfig(
+        family=args.family,
+        out=args.out,
+        steps=args.steps,
+        archs_per_step=args.archs_per_step,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        device=args.device,
+        amp=not args.no_amp,
+        hypernet=hypernet,
+    )
+    print(f"{hypernet.decoder} hypernetwork, {count_parameters(hypernet):,} parameters; writing {args.out}")
+    train(config)
+    print(f"wrote {args.out}/hypernet, {args.out}/metrics.jsonl and {args.out}/loss.png")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """The ``evaluate`` command: held-out architectures, every hypernetwork and random init, one report."""
+    import torch
+
+    from hypernets import LoGAH
+    from hypernets.evaluate import compare_inits, write_report
+    from hypernets.train import task_for
+    from hypernets.zoo import get_family
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hypernets = {name: LoGAH.from_pretrained(directory) for name, directory in args.hypernet}
+    archs = get_family(args.family).heldout_archs(args.archs, seed=args.seed)
+    curves = compare_inits(archs, hypernets, args.family, args.finetune_steps, args.lr, args.batch_size, args.seed)
+    print(write_report(curves, args.out, task_for(args.family).metric))
+    print(f"wrote {args.out}/results.md, {args.out}/results.json and {args.out}/curves.png")
     return 0
 
 
@@ -248,6 +435,13 @@ def _shape(text: str) -> tuple[int, ...]:
             f"expected positive integers separated by commas, e.g. 1,3,32,32; got {text!r}"
         )
     return shape
+
+
+def _named_dir(text: str) -> tuple[str, str]:
+    name, sep, directory = text.partition("=")
+    if not sep or not name or not directory:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, e.g. LoGAH=runs/vit/hypernet; got {text!r}")
+    return name, directory
 
 
 def _positive_int(text: str) -> int:

@@ -1,0 +1,63 @@
+"""Settings of a meta-training run, and the learning-rate schedule they imply."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hypernets.logah import LoGAHConfig
+
+# A small hypernetwork that meta-trains on a CPU; the command line shows these without importing torch.
+HYPERNET_DEFAULTS: dict[str, Any] = {"hidden": 96, "layers": 2, "heads": 4, "rank": 8, "max_ck": 128}
+
+
+def hypernet_config(**overrides: Any) -> LoGAHConfig:
+    """:data:`HYPERNET_DEFAULTS` with ``overrides``, as a ``LoGAHConfig``."""
+    from hypernets.logah import LoGAHConfig
+
+    return LoGAHConfig(**{**HYPERNET_DEFAULTS, **overrides})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; saved in each checkpoint so that a resume continues the same run."""
+
+    family: str = "vit"  # "vit" (MNIST) or "gpt2" (byte-level text)
+    out: str = "runs/hnet"
+    steps: int = 2000
+    archs_per_step: int = 8  # per rank
+    batch_size: int = 64  # examples per step, shared by the step's architectures
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast where the device supports it (CUDA); off on CPU
+    hypernet: LoGAHConfig = field(default_factory=hypernet_config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        from hypernets.logah import LoGAHConfig
+
+        hypernet = values.get("hypernet", {})
+        return cls(**{**values, "hypernet": LoGAHConfig(**hypernet) if isinstance(hypernet, dict) else hypernet})
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at the last step (as in nanoGPT)."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (config.lr - config.min_lr)

@@ -1,0 +1,101 @@
+"""Meta-training: each step predicts the parameters of a batch of sampled architectures in one
+hypernetwork call, runs each on the same data batch, and backpropagates their mean loss into the
+hypernetwork."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from hypernets.checkpoint import CheckpointError
+from hypernets.logah import LoGAH
+from hypernets.zoo.families import ArchSampler, get_family
+
+from .config import TrainConfig, lr_at
+from .distributed import setup
+from .graphs import arch_graph
+from .metrics import MetricsLog, plot_loss, read_metrics
+from .state import latest_checkpoint, load_state, save_state
+from .tasks import task_for
+
+HYPERNET_DIR = "hypernet"  # LoGAH.from_pretrained reads the latest weights from here
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+
+
+def train(config: TrainConfig, stop_after: int | None = None, progress: bool = True) -> LoGAH:
+    """Meta-train a hypernetwork, resuming from ``config.out`` when it holds a checkpoint.
+
+    ``stop_after`` ends the run early at that step (after its checkpoint, if one falls there), as a
+    kill would; a later call resumes it. Under ``torchrun`` each rank draws its own architectures
+    and data, and DistributedDataParallel averages the gradients.
+    """
+    dist, device = setup(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)  # the same initial hypernetwork on every rank
+    hnet = LoGAH(config.hypernet).to(device)
+    optimizer = torch.optim.AdamW(hnet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    seed = config.seed * 1_000_003 + 7919 * dist.rank  # different architectures and data on every rank
+    sampler = ArchSampler(get_family(config.family), seed=seed)
+    data = torch.Generator().manual_seed(seed + 1)
+    generators = {"arch": sampler.generator, "data": data}
+    step = 0
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None:
+        step, saved = load_state(checkpoint, hnet, optimizer, generators, dist.rank, dist.world_size)
+        if {**saved, "out": config.out} != config.to_dict():  # the run directory may have moved
+            raise CheckpointError(f"{checkpoint} was written with other settings; use a new --out to change them")
+    model = DistributedDataParallel(hnet) if dist.enabled else hnet
+    task = task_for(config.family)
+    log = MetricsLog(out / METRICS_FILE, step) if dist.is_main else None
+    bf16 = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = torch.autocast("cuda", torch.bfloat16) if bf16 else nullcontext()
+    last = min(config.steps, stop_after or config.steps)
+    bar = _progress(step, config.steps, progress and dist.is_main)
+    while step < last:
+        start = time.perf_counter()
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        archs = sampler.sample(config.archs_per_step)
+        nets, op_graphs = zip(*(arch_graph(a, config.hypernet.max_distance) for a in archs), strict=True)
+        x, y = (t.to(device) for t in task.batch(config.batch_size, data))
+        with autocast:
+            predicted = model(list(op_graphs))
+            loss = torch.stack([task.loss(net, p, (x, y)) for net, p in zip(nets, predicted, strict=True)]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(hnet.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        mean_loss = dist.mean(loss)
+        if log is not None:
+            seconds = time.perf_counter() - start
+            log.write({"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm.item(), "seconds": seconds})
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
+            bar.update()
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save_state(
+                out, step, config.to_dict(), hnet, optimizer, generators, dist.rank, dist.world_size, dist.barrier
+            )
+            if dist.is_main:
+                _publish(hnet, out, config.family)
+    bar.close()
+    return hnet
+
+
+def _publish(hnet: LoGAH, out: Path, family: str) -> None:
+    """The latest hypernetwork where ``hypernets predict`` and ``evaluate`` read it, and the loss curve so far."""
+    hnet.save_pretrained(out / HYPERNET_DIR)
+    plot_loss(read_metrics(out / METRICS_FILE), out / LOSS_PLOT, f"meta-training on the {family} family")
+
+
+def _progress(step: int, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=step, disable=not enabled, desc="meta-training", unit="step")

@@ -1,0 +1,119 @@
+"""Meta-training: the loss of predicted networks falls, a killed run resumes bit-exactly, and two
+data-parallel ranks end with the same hypernetwork."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from hypernets.logah import LoGAH, LoGAHConfig
+from hypernets.train import TrainConfig, lr_at, task_for, train
+from hypernets.train.graphs import arch_graph
+from hypernets.zoo import ArchSampler, get_family
+
+TINY = LoGAHConfig(hidden=32, layers=1, heads=2, rank=4, max_ck=64)
+
+
+def tiny_config(out, **overrides) -> TrainConfig:
+    values = dict(
+        family="vit",
+        out=str(out),
+        steps=4,
+        archs_per_step=2,
+        batch_size=16,
+        warmup=1,
+        checkpoint_every=2,
+        hypernet=TINY,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run much faster on one thread than on contended cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    config = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(0, config) == pytest.approx(1e-4)
+    assert lr_at(9, config) == pytest.approx(1e-3)
+    assert lr_at(55, config) == pytest.approx(5.5e-4)
+    assert lr_at(100, config) == pytest.approx(1e-4)
+
+
+def test_config_round_trips_through_json():
+    config = tiny_config("x")
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def fixed_loss(hnet: LoGAH, config: TrainConfig) -> float:
+    """Mean loss of the networks a hypernetwork predicts, on fixed architectures and a fixed batch."""
+    task = task_for(config.family)
+    nets = [arch_graph(a, TINY.max_distance) for a in ArchSampler(get_family(config.family), seed=123).sample(4)]
+    batch = task.batch(256, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        predicted = hnet([g for _, g in nets])
+        return sum(task.loss(net, p, batch).item() for (net, _), p in zip(nets, predicted, strict=True)) / len(nets)
+
+
+def test_meta_training_lowers_the_loss_of_predicted_networks(tmp_path):
+    config = tiny_config(tmp_path, steps=8, lr=1e-2, min_lr=1e-2, batch_size=32, checkpoint_every=8)
+    torch.manual_seed(config.seed)
+    before = fixed_loss(LoGAH(config.hypernet), config)
+    after = fixed_loss(train(config, progress=False), config)
+    assert after < before - 0.05, (before, after)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert LoGAH.from_pretrained(tmp_path / "hypernet").config == TINY
+
+
+def test_killed_run_resumes_bit_exactly(tmp_path):
+    whole = train(tiny_config(tmp_path / "whole"), progress=False)
+    split = tiny_config(tmp_path / "split")
+    train(split, stop_after=3, progress=False)  # dies one step after the checkpoint at step 2
+    resumed = train(split, progress=False)
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    read = lambda run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in read("split")] == [r["loss"] for r in read("whole")]
+    assert [r["step"] for r in read("split")] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="other settings"):
+        train(replace(split, lr=1.0), progress=False)
+
+
+def _rank(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    hnet = train(tiny_config(out, steps=2), progress=False)
+    save_file(hnet.state_dict(), f"{out}/rank{rank}.safetensors")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_end_with_identical_hypernetworks(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=2)
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    torch.manual_seed(0)
+    initial = LoGAH(TINY).state_dict()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert not all(torch.equal(rank0[k], initial[k]) for k in rank0)
+    assert sorted(p.name for p in (tmp_path / "checkpoint-2").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "rng-rank0.safetensors",
+        "rng-rank1.safetensors",
+    ]
