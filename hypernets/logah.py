@@ -45,11 +45,12 @@ class LoGAHConfig:
     tile: int = 64  # chunk size of the tiled decoder
     mip: bool = True
     seed: int = 0  # seeds theta_0, the MIP residual base
+    shape_frequencies: int = 8  # cos/sin frequencies of the shape encoding; fewer generalize to unseen widths
 
     def __post_init__(self) -> None:
         if self.decoder not in ("lowrank", "tiled"):
             raise ValueError(f"decoder must be 'lowrank' or 'tiled', got {self.decoder!r}")
-        for name in ("hidden", "layers", "heads", "max_distance", "rank", "max_ck", "tile"):
+        for name in ("hidden", "layers", "heads", "max_distance", "rank", "max_ck", "tile", "shape_frequencies"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoGAHConfig.{name} must be positive, got {getattr(self, name)}")
 
@@ -71,6 +72,7 @@ class LoGAH(nn.Module):
                 heads=config.heads,
                 max_distance=config.max_distance,
                 mip=config.mip,
+                num_frequencies=config.shape_frequencies,
             )
         )
         if config.decoder == "lowrank":

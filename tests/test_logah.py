@@ -205,3 +205,12 @@ def test_unsupported_family_names_the_module_and_parameter() -> None:
     model = build_model("timm:beit_base_patch16_224?img_size=32&patch_size=16&depth=1&num_classes=3", device="meta")
     with pytest.raises(UnsupportedModuleError, match=r"blocks\.0\.attn.*relative_position_bias_table"):
         LoGAH(**SMALL).predict(model)
+
+
+def test_shape_frequencies_size_the_encoder_and_survive_a_checkpoint(tmp_path) -> None:
+    hnet = LoGAH(**SMALL, shape_frequencies=3)
+    assert hnet.encoder.shape_projection.in_features == 4 * 2 * 3
+    hnet.save_pretrained(tmp_path)
+    assert LoGAH.from_pretrained(tmp_path).config.shape_frequencies == 3
+    with pytest.raises(ValueError, match="shape_frequencies must be positive"):
+        LoGAH(**SMALL, shape_frequencies=0)
