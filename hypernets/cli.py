@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hypernets.models import DEFAULT_SPEC, SPEC_FORMS, ModelSpecError
@@ -413,16 +413,13 @@ def _write_json(value: Any, path: str) -> None:
 
 
 def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Write through a temporary file beside ``path``, so that a reader never sees half a file."""
-    temporary = f"{path}.tmp{os.getpid()}"
+    """:func:`hypernets.checkpoint.atomic_write`, with a failure reported as one line naming the file."""
+    from hypernets.checkpoint import atomic_write
+
     try:
-        write(temporary)
-        os.replace(temporary, path)
+        atomic_write(Path(path), write)
     except OSError as err:
         raise OSError(f"cannot write {path}: {err.strerror or err}") from err
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _shape(text: str) -> tuple[int, ...]:

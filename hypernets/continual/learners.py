@@ -82,11 +82,7 @@ class FineTuneLearner:
         return self.network(x)[:, task * self.num_classes : (task + 1) * self.num_classes]
 
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.logits(task, x), y)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item()}
+        return _supervised_step(self.optimizer, self.logits(task, x), y)
 
     def end_task(self, task: int) -> None:
         pass
@@ -108,11 +104,16 @@ class SeparateLearner:
         return self.networks[task](x)
 
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.logits(task, x), y)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item()}
+        return _supervised_step(self.optimizer, self.logits(task, x), y)
 
     def end_task(self, task: int) -> None:
         pass
+
+
+def _supervised_step(optimizer: torch.optim.Optimizer, logits: Tensor, y: Tensor) -> dict[str, float]:
+    """One cross-entropy step of the baselines, which train their networks directly."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item()}
