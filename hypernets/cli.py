@@ -207,6 +207,13 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="use the tiled decoder with the tile that gives the hypernetwork as many parameters as the low-rank one",
     )
+    group.add_argument(
+        "--shape-frequencies",
+        type=_positive_int,
+        default=hnet.get("shape_frequencies", 8),
+        metavar="N",
+        help="cos/sin frequencies encoding tensor shapes (fewer generalize more smoothly to unseen widths)",
+    )
     group.add_argument("--no-mip", action="store_true", help="no MIP (constant-norm inputs, residual outputs)")
     train.set_defaults(run=run_train)
 
@@ -306,6 +313,7 @@ def run_train(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         tile=args.tile,
         mip=not args.no_mip,
+        shape_frequencies=args.shape_frequencies,
     )
     if args.match_params:
         hypernet = tiled_baseline(dataclasses.replace(hypernet, decoder="lowrank"))

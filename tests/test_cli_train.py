@@ -35,9 +35,10 @@ def test_help_lists_options_and_examples(capsys, command, expected):
 def test_tiny_train_then_evaluate(tmp_path, capsys):
     run, results = tmp_path / "run", tmp_path / "results"
     train = ["train", "--out", str(run), "--steps", "2", "--archs-per-step", "1", "--batch-size", "8", *TINY_FLAGS]
-    assert main(train) == 0
+    assert main([*train, "--shape-frequencies", "3"]) == 0
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert json.loads((run / "hypernet" / "config.json").read_text())["hidden"] == 16
+    saved = json.loads((run / "hypernet" / "config.json").read_text())
+    assert (saved["hidden"], saved["shape_frequencies"]) == (16, 3)
     evaluate = ["evaluate", "--hypernet", f"tiny={run}/hypernet", "--archs", "1", "--finetune-steps", "1"]
     assert main([*evaluate, "--out", str(results), "--threads", "1"]) == 0
     table = (results / "results.md").read_text()
