@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -195,6 +196,9 @@ class LoGAH(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoGAH:
+        """A checkpoint directory, or the name of a shipped hypernetwork (``"vit-mnist"``, ``"gpt2-pydoc"``;
+        see :mod:`hypernets.pretrained`). An existing directory of that name wins."""
+        directory = _checkpoint_dir(directory)
         config, state = load_checkpoint(directory, CHECKPOINT_KIND)
         known = {f.name for f in fields(LoGAHConfig)}
         unknown = sorted(set(config) - known - {"kind"})
@@ -206,6 +210,20 @@ class LoGAH(nn.Module):
             raise CheckpointError(f"{directory}/config.json has invalid LoGAH settings: {err}") from err
         load_state_strict(model, state, f"{directory}/model.safetensors")
         return model.to(map_location)
+
+
+def _checkpoint_dir(name_or_dir: str | os.PathLike) -> Path:
+    """An existing directory as it is, else the shipped hypernetwork of that name."""
+    from hypernets import pretrained
+
+    path = Path(name_or_dir)
+    if path.exists():
+        return path
+    if str(name_or_dir) in pretrained.available():
+        return pretrained.pretrained_dir(str(name_or_dir))
+    raise CheckpointError(
+        f"{path} does not exist and is not a shipped hypernetwork ({', '.join(pretrained.available())})"
+    )
 
 
 def _materialize(model: nn.Module, device: str | torch.device) -> None:

@@ -38,7 +38,8 @@ class MetaTrainConfig:
     steps: int = 500
     batch_size: int = 128
     lr: float = 1e-3
-    weight_decay: float = 1e-2
+    alpha_lr_scale: float = 30.0  # the residual scales (two scalars, starting at 1e-3) learn this much faster
+    weight_decay: float = 1e-2  # on weight matrices only
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "cpu"
@@ -74,6 +75,19 @@ class Member:
         return objective_terms(self.model, state, transformed, self.groups, batch, config, self.penalty)
 
 
+def _parameter_groups(metanet: Metanet, config: MetaTrainConfig) -> list[dict]:
+    """Weight decay on matrices only. ``alpha`` scales every rewrite: at the base rate Adam would move it
+    by about ``lr`` per step, so a metanetwork could change a network by only a few percent in a short
+    meta-training; it gets ``alpha_lr_scale`` times the rate instead."""
+    matrices = [p for n, p in metanet.named_parameters() if p.dim() >= 2]
+    others = [p for n, p in metanet.named_parameters() if p.dim() < 2 and n != "alpha"]
+    return [
+        {"params": matrices, "weight_decay": config.weight_decay},
+        {"params": others, "weight_decay": 0.0},
+        {"params": [metanet.alpha], "weight_decay": 0.0, "lr": config.lr * config.alpha_lr_scale},
+    ]
+
+
 def train_metanet(
     population: str | os.PathLike, output: str | os.PathLike, config: MetaTrainConfig, progress: bool = True
 ) -> Metanet:
@@ -87,7 +101,7 @@ def train_metanet(
     members = [Member.load(d, config.device) for d in directories]
     images, labels = (t.to(config.device) for t in mnist("train").tensors)
     metanet = Metanet(config.metanet).to(config.device)
-    optimizer = torch.optim.AdamW(metanet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(metanet, config), lr=config.lr)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     with (output / METRICS_FILE).open("w") as log:

@@ -1,7 +1,8 @@
 """Initialize a byte-level GPT-2 the hypernetwork never saw with predicted parameters, fine-tune it on
 the embedded text corpus, and compare with the same GPT-2 from Hugging Face's random init.
 
-    python recipes/init_gpt2.py                                 # meta-trains a small LoGAH first (minutes)
+    python recipes/init_gpt2.py                     # the shipped gpt2-pydoc hypernetwork
+    python recipes/init_gpt2.py --meta-steps 600    # meta-train a small LoGAH first (minutes)
     python recipes/init_gpt2.py --hypernet runs/gpt2-logah/hypernet --plot gpt2.png
 
 Copy it: swap the architecture, the text or the hypernetwork checkpoint for your own.
@@ -28,14 +29,14 @@ HELD_OUT = GPT2Arch(n_layer=6, n_embd=128, n_head=4, n_positions=128)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hypernet", help="a LoGAH checkpoint directory; without it, one is meta-trained")
-    parser.add_argument("--meta-steps", type=int, default=600, help="meta-training steps when training one")
+    parser.add_argument("--hypernet", default="gpt2-pydoc", help="a LoGAH checkpoint directory or shipped name")
+    parser.add_argument("--meta-steps", type=int, help="meta-train a LoGAH for this many steps instead")
     parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps")
     parser.add_argument("--plot", default="init_gpt2.png")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small models: one thread beats contended ones
 
-    if args.hypernet:
+    if args.meta_steps is None:
         hnet = LoGAH.from_pretrained(args.hypernet)
     else:
         config = TrainConfig(family="gpt2", out="runs/init-gpt2", steps=args.meta_steps, archs_per_step=4, lr=3e-3)

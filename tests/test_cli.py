@@ -185,5 +185,5 @@ def test_predict_casts_to_the_requested_dtype(tmp_path, hypernet_dir):
 def test_predict_with_a_missing_hypernet_exits_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "never.safetensors"
     assert main(["predict", "--hypernet", str(tmp_path / "absent"), "--out", str(out)]) == 2
-    assert "config.json is missing" in capsys.readouterr().err
+    assert "does not exist and is not a shipped hypernetwork (" in capsys.readouterr().err
     assert not out.exists()

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hypernets.logah import LoGAH, LoGAHConfig
 from hypernets.train import TrainConfig, lr_at, task_for, train
+from hypernets.train.config import parameter_groups
 from hypernets.train.graphs import arch_graph
 from hypernets.zoo import ArchSampler, get_family
 
@@ -49,6 +50,16 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert lr_at(9, config) == pytest.approx(1e-3)
     assert lr_at(55, config) == pytest.approx(5.5e-4)
     assert lr_at(100, config) == pytest.approx(1e-4)
+
+
+def test_parameter_groups_decay_matrices_only_and_speed_up_the_mip_gains():
+    hnet = LoGAH(TINY)
+    groups = parameter_groups(hnet, TrainConfig(weight_decay=0.1, gain_lr_scale=7.0))
+    by_id = {id(p): (g["weight_decay"], g["lr_scale"]) for g in groups for p in g["params"]}
+    assert len(by_id) == len(list(hnet.parameters()))  # every parameter in exactly one group
+    assert by_id[id(hnet.residual_gain)] == by_id[id(hnet.base_gain)] == (0.0, 7.0)
+    assert by_id[id(hnet.vector_decoder.head[0].weight)] == (0.1, 1.0)
+    assert by_id[id(hnet.vector_decoder.head[0].bias)] == (0.0, 1.0)
 
 
 def test_config_round_trips_through_json():

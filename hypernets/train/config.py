@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from hypernets.logah import LoGAHConfig
 
 # A small hypernetwork that meta-trains on a CPU; the command line shows these without importing torch.
-HYPERNET_DEFAULTS: dict[str, Any] = {"hidden": 96, "layers": 2, "heads": 4, "rank": 8, "max_ck": 128}
+HYPERNET_DEFAULTS: dict[str, Any] = {"hidden": 96, "layers": 2, "heads": 4, "rank": 8, "max_ck": 64}
 
 
 def hypernet_config(**overrides: Any) -> LoGAHConfig:
@@ -32,7 +34,8 @@ class TrainConfig:
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup: int = 100
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # on weight matrices only; gains, biases and norms are not decayed
+    gain_lr_scale: float = 10.0  # the MIP gains (one scalar per op kind) learn this much faster
     grad_clip: float = 1.0
     checkpoint_every: int = 250
     seed: int = 0
@@ -53,6 +56,27 @@ class TrainConfig:
 
         hypernet = values.get("hypernet", {})
         return cls(**{**values, "hypernet": LoGAHConfig(**hypernet) if isinstance(hypernet, dict) else hypernet})
+
+
+def parameter_groups(hnet: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups as in nanoGPT: weight decay on matrices only. The MIP gains set the magnitude of every
+    predicted tensor of an op kind; as single scalars moving about ``lr`` per Adam step they would take
+    hundreds of steps to reach the scale of an init, so they get ``gain_lr_scale`` times the rate."""
+    gains = {"residual_gain", "base_gain", "vector_offset"}
+    groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "no_decay": [], "gains": []}
+    for name, param in hnet.named_parameters():
+        kind = "gains" if name in gains else "decay" if param.dim() >= 2 else "no_decay"
+        groups[kind].append(param)
+    settings = {
+        "decay": (config.weight_decay, 1.0),
+        "no_decay": (0.0, 1.0),
+        "gains": (0.0, config.gain_lr_scale),
+    }
+    return [
+        {"params": params, "weight_decay": settings[kind][0], "lr_scale": settings[kind][1]}
+        for kind, params in groups.items()
+        if params
+    ]
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

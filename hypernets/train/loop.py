@@ -15,7 +15,7 @@ from hypernets.checkpoint import CheckpointError
 from hypernets.logah import LoGAH
 from hypernets.zoo.families import ArchSampler, get_family
 
-from .config import TrainConfig, lr_at
+from .config import TrainConfig, lr_at, parameter_groups
 from .distributed import setup
 from .graphs import arch_graph
 from .metrics import MetricsLog, plot_loss, read_metrics
@@ -39,7 +39,7 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # the same initial hypernetwork on every rank
     hnet = LoGAH(config.hypernet).to(device)
-    optimizer = torch.optim.AdamW(hnet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(hnet, config), lr=config.lr)
     seed = config.seed * 1_000_003 + 7919 * dist.rank  # different architectures and data on every rank
     sampler = ArchSampler(get_family(config.family), seed=seed)
     data = torch.Generator().manual_seed(seed + 1)
@@ -61,7 +61,7 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
         start = time.perf_counter()
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         archs = sampler.sample(config.archs_per_step)
         nets, op_graphs = zip(*(arch_graph(a, config.hypernet.max_distance) for a in archs), strict=True)
         x, y = (t.to(device) for t in task.batch(config.batch_size, data))

@@ -3,7 +3,8 @@
 At each FLOPs speed-up, every held-out member of the population is pruned four ways, then fine-tuned
 with the same budget:
 
-  (a) metanet:    the meta-trained metanetwork rewrites it, then group-norm pruning
+  (a) metanet:    the meta-trained metanetwork rewrites it, then the same --sparse-steps of regularized
+                  training as (b) (the paper's fine-tuning of the rewritten network), then group-norm pruning
   (b) group_norm: Torch-Pruning's GroupNormPruner sparse regularization for --sparse-steps, then
                   group-norm pruning (DepGraph's recipe)
   (c) l1:         plain magnitude (L1) pruning
@@ -49,7 +50,7 @@ def prepared(method: str, model: torch.nn.Module, metanet: Metanet, train, spars
     model = copy.deepcopy(model)
     if method == "metanet":
         metanet.rewrite_(model, INPUT_SHAPE)
-    elif method == "group_norm" and sparse_steps:
+    if method in ("metanet", "group_norm") and sparse_steps:
         example = torch.zeros(1, *INPUT_SHAPE[1:])
         sparse_train(model, example, train, steps=sparse_steps, progress=False)
     return model.eval()
