@@ -71,16 +71,22 @@ def compare_inits(
     lr: float = 5e-4,
     batch_size: int = 64,
     seed: int = 0,
+    progress: bool = True,
 ) -> list[Curve]:
     """One curve per (initialization, architecture): every hypernetwork's prediction, then random init."""
+    from tqdm.auto import tqdm
+
     task = task_for(family)
     inits: dict[str, LoGAH | None] = {**{name: h.eval() for name, h in hypernets.items()}, RANDOM: None}
     curves = []
-    for i, arch in enumerate(archs):
-        for name, hypernet in inits.items():
-            model = initialize(arch, hypernet, seed + i)
-            steps, scores = finetune(model, task, finetune_steps, lr, batch_size, seed + i)
-            curves.append(Curve(name, arch.name, steps, scores))
+    with tqdm(total=len(archs) * len(inits), desc="evaluating", unit="run", disable=not progress) as bar:
+        for i, arch in enumerate(archs):
+            for name, hypernet in inits.items():
+                bar.set_postfix(arch=arch.name, init=name)
+                model = initialize(arch, hypernet, seed + i)
+                steps, scores = finetune(model, task, finetune_steps, lr, batch_size, seed + i)
+                curves.append(Curve(name, arch.name, steps, scores))
+                bar.update()
     return curves
 
 

@@ -86,7 +86,7 @@ def run_prune(args: argparse.Namespace) -> int:
     """Validate everything first, then prune and fine-tune, then write the outputs all at once."""
     import torch
 
-    from metaprune.finetune import finetune
+    from metaprune.finetune import finetune, recalibrate_batchnorm
     from metaprune.measure import measure
     from metaprune.population import INPUT_SHAPE, mnist
     from metaprune.prune import ImpossibleTargetError, prune
@@ -109,7 +109,7 @@ def run_prune(args: argparse.Namespace) -> int:
         result = prune(model, example, speedup=args.speedup, method=args.method, seed=args.seed)
     except ImpossibleTargetError as err:
         raise BadInput(f"{args.config}: {err}") from err
-    pruned = result.model
+    pruned = recalibrate_batchnorm(result.model, train, seed=args.seed)
     losses = (
         finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=args.seed) if args.finetune_steps else []
     )

@@ -80,6 +80,33 @@ def finetune(
     return losses
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, dataset: Dataset, *, batches: int = 20, batch_size: int = 128, seed: int = 0
+) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` training batches, weights untouched.
+
+    Removing channels changes what the next layer's norm sees, and its stale statistics alone can drop a
+    pruned network to chance; fresh ones show what the pruned weights can do (adaptive BN, as in EagleEye,
+    Li et al. 2020). Statistics are plain averages over the batches; the model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model.eval()
+    saved_momentum = [m.momentum for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+        norm.train()
+    device = next(model.parameters()).device
+    for _, (images, _labels) in zip(range(batches), _endless(dataset, batch_size, seed), strict=False):
+        model(images.to(device))
+    for norm, momentum in zip(norms, saved_momentum, strict=True):
+        norm.momentum = momentum
+    return model.eval()
+
+
 def _optimizer(
     model: nn.Module, name: Optimizer, lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.Optimizer:

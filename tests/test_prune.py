@@ -14,7 +14,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from hypernets.data import load_mnist
 from hypernets.zoo import cifar_resnet, mlp, small_cnn
-from metaprune.finetune import finetune
+from metaprune.finetune import finetune, recalibrate_batchnorm
 from metaprune.measure import Measurement, accuracy, count_macs_params, cpu_latency_ms, measure
 from metaprune.prune import ImpossibleTargetError, NonFiniteWeightError, prune, sparse_regularizer, sparse_train
 
@@ -192,6 +192,21 @@ def test_finetuning_a_pruned_model_lowers_its_loss_deterministically(mnist_subse
     curve = finetune(pruned, mnist_subset, **kwargs)
     assert len(curve) == 30 and loss() < before - 1.0
     assert finetune(twin, mnist_subset, **kwargs) == curve
+
+
+def test_batchnorm_recalibration_replaces_stale_statistics_with_the_data_average():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU())
+    model[1].running_mean.fill_(100.0)  # stale, as after pruning the layer before
+    images = torch.randn(64, 1, 8, 8) * 2 + 1
+    data = TensorDataset(images, torch.zeros(64, dtype=torch.long))
+    weights = copy.deepcopy(model.state_dict())
+    recalibrate_batchnorm(model, data, batches=4, batch_size=16)
+    outputs = model[0](images)  # the conv's outputs: what the norm normalizes
+    assert torch.allclose(model[1].running_mean, outputs.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert not model.training and model[1].momentum == 0.3
+    learned = ("0.weight", "0.bias", "1.weight", "1.bias")
+    assert all(torch.equal(weights[k], model.state_dict()[k]) for k in learned)
 
 
 def test_sparse_regularizer_shrinks_channel_groups(mnist_subset):

@@ -10,7 +10,8 @@ with the same budget:
   (c) l1:         plain magnitude (L1) pruning
   (d) random:     random channels
 
-It prints a table of mean eval accuracy right after pruning and after fine-tuning, and writes
+Every pruned network's BatchNorm statistics are re-estimated on training batches (no weight changes)
+before it is scored. It prints a table of mean eval accuracy right after pruning and after fine-tuning, and writes
 ``results.jsonl``, ``table.md`` and ``accuracy_vs_speedup.png`` to --out. The population and the
 metanetwork are built (and cached) under --work when missing, so the first run trains them.
 
@@ -34,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from metaprune.finetune import finetune
+from metaprune.finetune import finetune, recalibrate_batchnorm
 from metaprune.measure import accuracy
 from metaprune.metanet import Metanet
 from metaprune.metatrain import MetaTrainConfig, train_metanet
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 except ImpossibleTargetError as err:
                     print(f"  {directory.name} {method} {speedup}x: {err}")
                     continue
-                pruned = result.model.eval()
+                pruned = recalibrate_batchnorm(result.model, train, seed=args.seed)
                 pruned_accuracy = accuracy(pruned, eval_set)
                 finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=args.seed, progress=False)
                 row = {
