@@ -139,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="model specs:\n" + "\n".join(f"  {form}" for form in SPEC_FORMS) + "\n\n" + PREDICT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict.add_argument("--hypernet", required=True, metavar="DIR", help="hypernetwork checkpoint directory")
+    predict.add_argument(
+        "--hypernet",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory, or a shipped name: vit-mnist, gpt2-pydoc",
+    )
     predict.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec (default: {DEFAULT_SPEC})")
     predict.add_argument("--out", required=True, metavar="FILE", help="safetensors file to write")
     predict.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written parameters")
