@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hypernets.logah import LoGAH, LoGAHConfig
 from hypernets.train import TrainConfig, lr_at, task_for, train
-from hypernets.train.config import parameter_groups
+from hypernets.train.config import HYPERNET_DEFAULTS, parameter_groups
 from hypernets.train.graphs import arch_graph
 from hypernets.zoo import ArchSampler, get_family
 
@@ -60,6 +60,14 @@ def test_parameter_groups_decay_matrices_only_and_speed_up_the_mip_gains():
     assert by_id[id(hnet.residual_gain)] == by_id[id(hnet.base_gain)] == (0.0, 7.0)
     assert by_id[id(hnet.vector_decoder.head[0].weight)] == (0.1, 1.0)
     assert by_id[id(hnet.vector_decoder.head[0].bias)] == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("family", ["vit", "gpt2"])
+def test_default_max_ck_lets_training_widths_reach_every_decoder_row(family):
+    # Rows of a head block that no training tensor reaches never get a gradient, and a wider held-out
+    # network would be decoded from them as noise: the block must be no wider than the training widths.
+    widest = max(arch.width for arch in ArchSampler(get_family(family)).choices)
+    assert HYPERNET_DEFAULTS["max_ck"] <= widest
 
 
 def test_config_round_trips_through_json():
