@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from hypernets.checkpoint import atomic_write
 from hypernets.graph import to_neuron_graph
+from hypernets.optim import adamw_groups
 
 from .metanet import GraphLayout, Metanet, MetanetConfig, graph_state
 from .objective import ChannelGroups, ObjectiveConfig, group_penalty, objective_terms
@@ -75,19 +76,6 @@ class Member:
         return objective_terms(self.model, state, transformed, self.groups, batch, config, self.penalty)
 
 
-def _parameter_groups(metanet: Metanet, config: MetaTrainConfig) -> list[dict]:
-    """Weight decay on matrices only. ``alpha`` scales every rewrite: at the base rate Adam would move it
-    by about ``lr`` per step, so a metanetwork could change a network by only a few percent in a short
-    meta-training; it gets ``alpha_lr_scale`` times the rate instead."""
-    matrices = [p for n, p in metanet.named_parameters() if p.dim() >= 2]
-    others = [p for n, p in metanet.named_parameters() if p.dim() < 2 and n != "alpha"]
-    return [
-        {"params": matrices, "weight_decay": config.weight_decay},
-        {"params": others, "weight_decay": 0.0},
-        {"params": [metanet.alpha], "weight_decay": 0.0, "lr": config.lr * config.alpha_lr_scale},
-    ]
-
-
 def train_metanet(
     population: str | os.PathLike, output: str | os.PathLike, config: MetaTrainConfig, progress: bool = True
 ) -> Metanet:
@@ -101,7 +89,9 @@ def train_metanet(
     members = [Member.load(d, config.device) for d in directories]
     images, labels = (t.to(config.device) for t in mnist("train").tensors)
     metanet = Metanet(config.metanet).to(config.device)
-    optimizer = torch.optim.AdamW(_parameter_groups(metanet, config), lr=config.lr)
+    # alpha scales every rewrite; at the base rate it could grow only a few percent in a short run
+    groups = adamw_groups(metanet, config.lr, config.weight_decay, ["alpha"], config.alpha_lr_scale)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     with (output / METRICS_FILE).open("w") as log:

@@ -136,3 +136,10 @@ def test_two_ranks_end_with_identical_hypernetworks(tmp_path):
         "rng-rank0.safetensors",
         "rng-rank1.safetensors",
     ]
+
+
+def test_adamw_groups_name_unknown_fast_parameters():
+    from hypernets.optim import adamw_groups
+
+    with pytest.raises(ValueError, match="no parameters named alpha"):
+        adamw_groups(LoGAH(TINY), 1e-3, 0.1, ["alpha"], 10.0)

@@ -7,9 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
-
-    from hypernets.logah import LoGAHConfig
+    from hypernets.logah import LoGAH, LoGAHConfig
 
 # A small hypernetwork that meta-trains on a CPU; the command line shows these without importing torch.
 HYPERNET_DEFAULTS: dict[str, Any] = {"hidden": 96, "layers": 2, "heads": 4, "rank": 8, "max_ck": 64}
@@ -58,25 +56,12 @@ class TrainConfig:
         return cls(**{**values, "hypernet": LoGAHConfig(**hypernet) if isinstance(hypernet, dict) else hypernet})
 
 
-def parameter_groups(hnet: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups as in nanoGPT: weight decay on matrices only. The MIP gains set the magnitude of every
-    predicted tensor of an op kind; as single scalars moving about ``lr`` per Adam step they would take
-    hundreds of steps to reach the scale of an init, so they get ``gain_lr_scale`` times the rate."""
-    gains = {"residual_gain", "base_gain", "vector_offset"}
-    groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "no_decay": [], "gains": []}
-    for name, param in hnet.named_parameters():
-        kind = "gains" if name in gains else "decay" if param.dim() >= 2 else "no_decay"
-        groups[kind].append(param)
-    settings = {
-        "decay": (config.weight_decay, 1.0),
-        "no_decay": (0.0, 1.0),
-        "gains": (0.0, config.gain_lr_scale),
-    }
-    return [
-        {"params": params, "weight_decay": settings[kind][0], "lr_scale": settings[kind][1]}
-        for kind, params in groups.items()
-        if params
-    ]
+def parameter_groups(hnet: LoGAH, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices only, and ``gain_lr_scale`` times the rate for the MIP gains."""
+    from hypernets.optim import adamw_groups
+
+    gains = ("residual_gain", "base_gain", "vector_offset") if hnet.config.mip else ()
+    return adamw_groups(hnet, config.lr, config.weight_decay, gains, config.gain_lr_scale)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
