@@ -185,6 +185,13 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--min-lr", type=float, default=defaults["min_lr"], help="learning rate at the last step")
     train.add_argument("--warmup", type=int, default=defaults["warmup"], help="linear warm-up steps")
     train.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="AdamW weight decay")
+    train.add_argument(
+        "--gain-lr-scale",
+        type=float,
+        default=defaults["gain_lr_scale"],
+        metavar="X",
+        help="learning-rate multiplier of the MIP gains (one scalar per op kind)",
+    )
     train.add_argument("--grad-clip", type=float, default=defaults["grad_clip"], help="max gradient norm")
     train.add_argument(
         "--checkpoint-every",
@@ -332,6 +339,7 @@ def run_train(args: argparse.Namespace) -> int:
         min_lr=args.min_lr,
         warmup=args.warmup,
         weight_decay=args.weight_decay,
+        gain_lr_scale=args.gain_lr_scale,
         grad_clip=args.grad_clip,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
