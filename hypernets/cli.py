@@ -222,7 +222,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--shape-frequencies",
         type=_positive_int,
-        default=hnet.get("shape_frequencies", 8),
+        default=hnet["shape_frequencies"],
         metavar="N",
         help="cos/sin frequencies encoding tensor shapes (fewer generalize more smoothly to unseen widths)",
     )

@@ -29,7 +29,6 @@ def test_an_existing_directory_wins_over_a_shipped_name(tmp_path, monkeypatch):
 
 
 def test_shipped_vit_hypernetwork_beats_random_init_on_a_held_out_vit():
-    torch.set_num_threads(1)
     arch = get_family("vit").heldout_archs(8)[1]  # the deeper-and-wider group: width 128, never trained on
     task = task_for("vit")
     predicted = LoGAH.from_pretrained("vit-mnist").eval().predict_(arch.build("meta"), device="cpu")

@@ -10,7 +10,14 @@ if TYPE_CHECKING:
     from hypernets.logah import LoGAH, LoGAHConfig
 
 # A small hypernetwork that meta-trains on a CPU; the command line shows these without importing torch.
-HYPERNET_DEFAULTS: dict[str, Any] = {"hidden": 96, "layers": 2, "heads": 4, "rank": 8, "max_ck": 64}
+HYPERNET_DEFAULTS: dict[str, Any] = {
+    "hidden": 96,
+    "layers": 2,
+    "heads": 4,
+    "rank": 8,
+    "max_ck": 64,
+    "shape_frequencies": 8,
+}
 
 
 def hypernet_config(**overrides: Any) -> LoGAHConfig:
