@@ -4,7 +4,9 @@ A graph transformer reads the target's op graph; per node, a low-rank decoder em
 ``A``, ``B`` so that ``W = A @ B.T``, and a small decoder emits 1-D tensors. With MIP on, inputs
 are encoded with constant norm and outputs are residual: ``theta = theta_0 + h(graph)``, where
 ``theta_0`` is a reproducible random init (seeded by parameter name) times a learned gain per op
-kind, and ``h`` starts at a tenth of the init scale.
+kind, and ``h`` starts at a tenth of the init scale. Each matrix's magnitude is the init scale times a gain
+the hypernetwork predicts from the tensor's node: trained networks scale their layers differently
+(a classifier head, a value projection), and one gain per op kind cannot.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class LoGAH(nn.Module):
         else:
             self.matrix_decoder = TiledDecoder(config.hidden, config.tile)
         self.vector_decoder = VectorDecoder(config.hidden, config.max_ck)
+        self.log_gain = nn.Linear(config.hidden, 1)  # per-matrix log-gain; zero: a fresh one leaves scales as planned
+        nn.init.zeros_(self.log_gain.weight)
+        nn.init.zeros_(self.log_gain.bias)
         if config.mip:
             self.residual_gain = nn.Parameter(torch.full((len(OP_KINDS),), INITIAL_RESIDUAL_GAIN))
             self.base_gain = nn.Parameter(torch.ones(len(OP_KINDS)))
@@ -123,12 +128,19 @@ class LoGAH(nn.Module):
             vectors = vectors + vector_base / scale[plan.layout.n_matrices :].repeat_interleave(
                 plan.vector_sizes.to(device)
             )
+        gains = self._matrix_gains(h, plan)
         if isinstance(self.matrix_decoder, TiledDecoder):
-            return self._tiled_flat(h, plan, scale, theta0, vectors, out_dtype)
+            return self._tiled_flat(h, plan, scale, gains, theta0, vectors, out_dtype)
         a, b = self.matrix_decoder(h, plan)
-        if self.config.mip:
-            a = a * self.residual_gain[plan.matrix_kinds.to(device)][plan.a.row_entries.to(device)][:, None]
+        a = a * gains[plan.a.row_entries.to(device)][:, None]  # scale must stay constant for the kernel
         return decode(a, b, plan.layout, scale, theta0, vectors, out_dtype, backend)
+
+    def _matrix_gains(self, h: Tensor, plan: TargetPlan) -> Tensor:
+        """``[n_matrices]`` multipliers of the planned scales: predicted per tensor, times the op kind's
+        residual gain under MIP."""
+        nodes = torch.tensor([e.node for e in plan.matrices], dtype=torch.long, device=h.device)
+        gains = self.log_gain(h[nodes]).squeeze(-1).exp()
+        return gains * self.residual_gain[plan.matrix_kinds.to(h.device)] if self.config.mip else gains
 
     def _theta0(self, plan: TargetPlan, vector_base: Tensor, device: torch.device) -> Tensor:
         gains = self.base_gain[plan.matrix_kinds.to(device)]
@@ -138,12 +150,11 @@ class LoGAH(nn.Module):
         roles = plan.vector_roles.to(device).repeat_interleave(plan.vector_sizes.to(device))
         return torch.cat([*matrices, vector_base + self.vector_offset[roles]])
 
-    def _tiled_flat(self, h, plan, scale, theta0, vectors, out_dtype) -> Tensor:
+    def _tiled_flat(self, h, plan, scale, gains, theta0, vectors, out_dtype) -> Tensor:
         """The baseline's flat buffer, same contract as :func:`hypernets.kernels.decode`, in eager torch."""
-        gains = self.residual_gain[plan.matrix_kinds.to(h.device)] if self.config.mip else None
         parts = []
         for i, matrix in enumerate(self.matrix_decoder(h, plan)):
-            parts.append(matrix * scale[i] * (gains[i] if gains is not None else 1))
+            parts.append(matrix * scale[i] * gains[i])
         if vectors is not None:
             parts.append(vectors * scale[plan.layout.n_matrices :].repeat_interleave(plan.vector_sizes.to(h.device)))
         flat = torch.cat(parts)

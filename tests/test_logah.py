@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import timm
@@ -99,6 +100,28 @@ def test_wide_tensors_get_distinct_blocks_not_copies() -> None:
     assert torch.equal(tiled[:4], tiled[4:8])  # the baseline repeats its chunk
     assert not torch.allclose(lowrank[:4], lowrank[4:8], atol=1e-3)
     assert torch.linalg.matrix_rank(lowrank) <= SMALL["rank"]
+
+
+@pytest.mark.parametrize("decoder", ["lowrank", "tiled"])
+def test_predicted_gain_scales_each_matrix_on_its_own(decoder: str) -> None:
+    """The log-gain head sets one multiplier per matrix from its node: 1 when fresh, e^b with bias b,
+    and a node-dependent one that differs between tensors."""
+    torch.manual_seed(0)
+    hnet = LoGAH(**{**SMALL, "mip": False, "decoder": decoder}).eval()
+    model = _vit()
+    fresh = hnet.predict(model)
+    with torch.no_grad():
+        hnet.log_gain.bias.fill_(math.log(2.0))
+    doubled = hnet.predict(model)
+    for key, value in fresh.items():
+        expected = 2 * value if value.dim() > 1 else value  # 1-D tensors come from the vector decoder
+        torch.testing.assert_close(doubled[key], expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        hnet.log_gain.bias.zero_()
+        hnet.log_gain.weight.normal_()
+    varied = hnet.predict(model)
+    ratios = {key: (varied[key].norm() / fresh[key].norm()).item() for key in fresh if fresh[key].dim() > 1}
+    assert max(ratios.values()) / min(ratios.values()) > 1.5
 
 
 def test_save_load_round_trip_is_bit_exact(tmp_path, hnet: LoGAH) -> None:
