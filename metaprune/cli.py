@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="group_norm",
         help="channel importance (default: group_norm, the group L2 norm)",
     )
+    prune.add_argument(
+        "--head-ratio",
+        type=float,
+        default=0.0,
+        help="ViTs: fraction of attention heads removed from every layer before channel pruning (default 0)",
+    )
     prune.add_argument("--finetune-steps", type=int, default=300, help="optimizer steps after pruning (default 300)")
     prune.add_argument("--lr", type=float, default=0.01, help="peak fine-tuning learning rate, SGD (default 0.01)")
     prune.add_argument("--max-acc-drop", type=float, default=1.0, help="allowed accuracy drop in points (default 1.0)")
@@ -89,7 +95,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from metaprune.finetune import finetune, recalibrate_batchnorm
     from metaprune.measure import measure
     from metaprune.population import INPUT_SHAPE, mnist
-    from metaprune.prune import ImpossibleTargetError, prune
+    from metaprune.prune import prune
     from metaprune.store import pruned_files, write_directory
 
     report_path = args.report or args.out.parent / "report.json"
@@ -99,6 +105,8 @@ def run_prune(args: argparse.Namespace) -> int:
         raise BadInput(f"--speedup must be at least 1, got {args.speedup}")
     if args.finetune_steps < 0:
         raise BadInput(f"--finetune-steps must be at least 0, got {args.finetune_steps}")
+    if not 0 <= args.head_ratio < 1:
+        raise BadInput(f"--head-ratio must be in [0, 1), got {args.head_ratio}")
     model, config = _load_model(args.model, args.config)
     example = torch.zeros(1, *INPUT_SHAPE[1:])
     train, eval_set = mnist("train"), mnist("eval")
@@ -106,8 +114,10 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.metanet:
         model = _rewrite(model, args.metanet)
     try:
-        result = prune(model, example, speedup=args.speedup, method=args.method, seed=args.seed)
-    except ImpossibleTargetError as err:
+        result = prune(
+            model, example, speedup=args.speedup, method=args.method, head_ratio=args.head_ratio, seed=args.seed
+        )
+    except ValueError as err:  # an unreachable speed-up, or heads to remove from a model that has none
         raise BadInput(f"{args.config}: {err}") from err
     pruned = recalibrate_batchnorm(result.model, train, seed=args.seed)
     losses = (
@@ -181,6 +191,7 @@ def _report(args, result, before, after, drop: float, losses: list[float], reaso
         "config": str(args.config),
         "metanet": str(args.metanet) if args.metanet else None,
         "method": args.method,
+        "head_ratio": args.head_ratio,
         "target": {"speedup": args.speedup, "max_acc_drop": args.max_acc_drop},
         "speedup": result.speedup,
         "param_ratio": result.param_ratio,

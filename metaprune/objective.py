@@ -3,10 +3,12 @@
 A prunable channel group is everything that must go when one channel goes: the weights into the
 channel (a conv/linear output channel) and its bias, the batch norm scale and shift on it, and the
 weights out of it (the next layer's input columns). Channels joined by a residual addition are one
-group, as are the addends. On the neuron graph this is structure alone: a group is a connected set of
-hidden nodes under identity edges (sums, norms), and its parameters are those nodes' values and every
-weight edge that enters or leaves the set. Groups of consecutive layers share the weights between
-them (a weight is an output of one channel and an input of another), as in Torch-Pruning's groups.
+group, as are the addends; in attention, a whole head is one group (its q, k and v rows and the output
+projection's columns for it), as heads are what gets pruned there. On the neuron graph this is structure
+alone: a group is a connected set of hidden nodes under identity, head and q-k pair edges, and its
+parameters are those nodes' values and every weight edge that enters or leaves the set. Groups of
+consecutive layers share the weights between them (a weight is an output of one channel and an input
+of another), as in Torch-Pruning's groups.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from hypernets.graph import EDGE_TYPES, NODE_TYPES
 
 from .metanet import PARAMETER_SLOTS
 
-HIDDEN_NODE_TYPES = tuple(NODE_TYPES.index(t) for t in ("neuron", "norm", "sum", "scale"))
-_WEIGHT, _IDENTITY = EDGE_TYPES.index("weight"), EDGE_TYPES.index("identity")
+HIDDEN_NODE_TYPES = tuple(NODE_TYPES.index(t) for t in ("neuron", "norm", "sum", "scale", "head", "attention"))
+_WEIGHT = EDGE_TYPES.index("weight")
+_BINDING = tuple(EDGE_TYPES.index(t) for t in ("identity", "head", "qk_pair"))  # nodes that go together
 EPS = 1e-12  # keeps the gradient of a group norm finite at zero
 
 
@@ -47,9 +50,9 @@ class ChannelGroups:
 
     @classmethod
     def of(cls, graph: Data) -> ChannelGroups:
-        component = _identity_components(graph)
+        component = _bound_components(graph)
         hidden = torch.isin(graph.node_type, torch.tensor(HIDDEN_NODE_TYPES, device=graph.node_type.device))
-        # A set touching an input, output, head or token cannot be removed: drop it.
+        # A set touching an input, output or token cannot be removed: drop it.
         blocked = torch.zeros(graph.num_nodes, dtype=torch.bool, device=hidden.device)
         blocked.index_fill_(0, component[~hidden], True)
         keep = ~blocked[component]
@@ -64,10 +67,11 @@ class ChannelGroups:
         return cls(len(ids), groups, edges[inside], edge_group[inside])
 
 
-def _identity_components(graph: Data) -> Tensor:
-    """Smallest node id reachable through identity edges, per node: a label per connected set."""
+def _bound_components(graph: Data) -> Tensor:
+    """Smallest node id reachable through identity, head and q-k pair edges, per node: a label per connected set."""
     label = torch.arange(graph.num_nodes, device=graph.edge_index.device)
-    src, dst = graph.edge_index[:, graph.edge_type == _IDENTITY]
+    binding = torch.isin(graph.edge_type, torch.tensor(_BINDING, device=graph.edge_type.device))
+    src, dst = graph.edge_index[:, binding]
     while True:
         new = label.scatter_reduce(0, dst, label[src], "amin").scatter_reduce(0, src, label[dst], "amin")
         if torch.equal(new, label):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +26,54 @@ from tqdm.auto import tqdm
 from hypernets import zoo
 from hypernets.checkpoint import atomic_write, load_state_strict, save_tensors
 from hypernets.data import load_mnist
+from hypernets.zoo.vit import ViTArch
 
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 INPUT_SHAPE = zoo.input_shape("mnist")
+
+
+def vit(**settings: Any) -> nn.Module:
+    """A timm ViT for MNIST, from :class:`hypernets.zoo.ViTArch` settings (depth, embed_dim, ...)."""
+    return ViTArch(**settings).build()
+
+
 FAMILIES: dict[str, Callable[..., nn.Module]] = {
     "mlp": zoo.mlp,
     "small_cnn": zoo.small_cnn,
     "cifar_resnet": zoo.cifar_resnet,
+    "vit": vit,
 }
-# The architectures a population cycles through, smallest first; member i gets seed + i.
-ARCHITECTURES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("small_cnn", {"channels": [16, 32]}),
-    ("cifar_resnet", {"depth": 8, "width": 8, "in_channels": 1}),
-    ("mlp", {"hidden": [128]}),
-    ("small_cnn", {"channels": [32, 64]}),
-    ("cifar_resnet", {"depth": 8, "width": 16, "in_channels": 1}),
-    ("mlp", {"hidden": [256, 128]}),
-    ("small_cnn", {"channels": [16, 32, 64]}),
-    ("cifar_resnet", {"depth": 14, "width": 8, "in_channels": 1}),
-)
+
+
+def _vit(depth: int, embed_dim: int, num_heads: int, mlp_ratio: float, pool: str) -> tuple[str, dict[str, Any]]:
+    """A population entry: a ViT on 4 x 4 patches of 7 x 7 pixels."""
+    return "vit", asdict(ViTArch(depth, embed_dim, num_heads, mlp_ratio, patch_size=7, pool=pool))
+
+
+# The architectures each population cycles through, smallest first; member i gets seed + i.
+POPULATIONS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    "cnn": (
+        ("small_cnn", {"channels": [16, 32]}),
+        ("cifar_resnet", {"depth": 8, "width": 8, "in_channels": 1}),
+        ("mlp", {"hidden": [128]}),
+        ("small_cnn", {"channels": [32, 64]}),
+        ("cifar_resnet", {"depth": 8, "width": 16, "in_channels": 1}),
+        ("mlp", {"hidden": [256, 128]}),
+        ("small_cnn", {"channels": [16, 32, 64]}),
+        ("cifar_resnet", {"depth": 14, "width": 8, "in_channels": 1}),
+    ),
+    "vit": (  # whole heads and MLP channels to prune
+        _vit(2, 32, 2, 2.0, "avg"),
+        _vit(2, 48, 4, 3.0, "token"),
+        _vit(3, 32, 4, 4.0, "avg"),
+        _vit(2, 64, 4, 2.0, "token"),
+        _vit(3, 48, 2, 3.0, "avg"),
+        _vit(4, 32, 2, 2.0, "token"),
+    ),
+}
+# Adam's rate per family: ViTs diverge at the CNNs' 3e-3.
+TRAIN_LR: dict[str, float] = {"vit": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -73,12 +101,16 @@ class MemberSpec:
         }
 
 
-def population_specs(size: int, train_steps: int = 300, seed: int = 0) -> list[MemberSpec]:
-    """``size`` members cycling through :data:`ARCHITECTURES`, seeded ``seed``, ``seed + 1``, ..."""
+def population_specs(size: int, train_steps: int = 300, seed: int = 0, population: str = "cnn") -> list[MemberSpec]:
+    """``size`` members cycling through ``POPULATIONS[population]``, seeded ``seed``, ``seed + 1``, ..."""
+    if population not in POPULATIONS:
+        raise ValueError(f"unknown population {population!r}; choose one of {', '.join(POPULATIONS)}")
+    architectures = POPULATIONS[population]
     specs = []
     for i in range(size):
-        family, kwargs = ARCHITECTURES[i % len(ARCHITECTURES)]
-        specs.append(MemberSpec(f"{i:03d}-{family}", family, kwargs, seed + i, train_steps))
+        family, kwargs = architectures[i % len(architectures)]
+        lr = TRAIN_LR.get(family, MemberSpec.lr)
+        specs.append(MemberSpec(f"{i:03d}-{family}", family, kwargs, seed + i, train_steps, lr=lr))
     return specs
 
 

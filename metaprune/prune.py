@@ -281,7 +281,7 @@ def _prune_heads(
     pruning runs only inside a scope that also prunes channels (``if n_pruned > 0``), and iterative steps apply the
     cumulative ratio to the heads already left, removing at least one head per step.
     """
-    layers = [m for m in _attention_modules(model) if m.qkv not in ignored and m.proj not in ignored]
+    layers = [m for m in attention_modules(model) if m.qkv not in ignored and m.proj not in ignored]
     if not layers:
         raise ValueError("head_ratio needs a model with timm-style attention layers (.qkv, .proj and .num_heads)")
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
@@ -300,20 +300,23 @@ def _prune_heads(
         attn.attn_dim = attn.num_heads * dim
 
 
-def _attention_modules(model: nn.Module) -> list[nn.Module]:
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The timm-style attention layers of ``model`` (see :func:`is_attention`)."""
+    return [m for m in model.modules() if is_attention(m)]
+
+
+def is_attention(module: nn.Module) -> bool:
     """timm-style attention: a fused ``qkv`` Linear split into ``num_heads`` heads of ``head_dim`` channels,
     merged back by a ``proj`` Linear."""
-    return [
-        m
-        for m in model.modules()
-        if isinstance(getattr(m, "qkv", None), nn.Linear)
-        and isinstance(getattr(m, "proj", None), nn.Linear)
-        and isinstance(getattr(m, "num_heads", None), int)
-    ]
+    return (
+        isinstance(getattr(module, "qkv", None), nn.Linear)
+        and isinstance(getattr(module, "proj", None), nn.Linear)
+        and isinstance(getattr(module, "num_heads", None), int)
+    )
 
 
 def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    return {m.qkv: m.num_heads for m in _attention_modules(model)}
+    return {m.qkv: m.num_heads for m in attention_modules(model)}
 
 
 def _resolve_layers(original: nn.Module, target: nn.Module, layers: Layers | None) -> list[nn.Module]:

@@ -1,8 +1,8 @@
 """Pruned models on disk: ``model.safetensors`` + ``model.json``, no pickles, a whole directory or nothing.
 
-A pruned network has the architecture its config describes with fewer channels, so ``model.json`` is the
-original config and the channel counts are read back from the tensor shapes: :func:`load_pruned` builds
-the dense architecture, then resizes each layer to the shapes in the file.
+A pruned network has the architecture its config describes with fewer channels (or attention heads), so
+``model.json`` is the original config and the channel and head counts are read back from the tensor
+shapes: :func:`load_pruned` builds the dense architecture, then resizes each layer to the shapes in the file.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 
 from hypernets.checkpoint import load_state_strict
 from metaprune.population import CONFIG_FILE, WEIGHTS_FILE, build_from_config
+from metaprune.prune import is_attention
 
 
 def write_directory(directory: str | os.PathLike, files: dict[str, bytes], overwrite: bool = False) -> Path:
@@ -99,3 +100,6 @@ def _update_size_attributes(module: nn.Module) -> None:
         module.num_features = module.running_mean.shape[0]
     elif isinstance(module, nn.LayerNorm) and module.weight is not None:
         module.normalized_shape = tuple(module.weight.shape)
+    elif is_attention(module):  # head pruning keeps each head's size, so the head count follows from qkv
+        module.num_heads = module.qkv.weight.shape[0] // (3 * module.head_dim)
+        module.attn_dim = module.num_heads * module.head_dim

@@ -64,11 +64,33 @@ def test_a_fresh_metanet_is_applied_before_pruning(member, tmp_path) -> None:
     assert json.loads((tmp_path / "report.json").read_text())["metanet"] == str(tmp_path / "metanet")
 
 
-@pytest.mark.parametrize("problem", ["impossible", "nan", "mismatch", "corrupt", "exists"])
+def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> None:
+    specs = population_specs(1, train_steps=20, population="vit")  # 2 blocks of 2 heads, 64 MLP channels
+    (vit,) = build_population(tmp_path / "population", specs, progress=False)
+    out = tmp_path / "pruned"
+    options = ["--speedup", "1.5", "--head-ratio", "0.5", "--finetune-steps", "0", "--max-acc-drop", "100"]
+    assert main(_args(vit, out, *options)) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["head_ratio"] == 0.5 and report["speedup"] >= 1.5
+    model, _ = load_pruned(out)
+    assert [(b.attn.num_heads, b.attn.qkv.out_features, b.attn.proj.in_features) for b in model.blocks] == [
+        (1, 48, 16),
+        (1, 48, 16),
+    ]
+    images, labels = mnist("eval").tensors
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == labels).float().mean().item()
+    assert math.isclose(accuracy, report["after"]["accuracy"], abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("problem", ["impossible", "heads", "nan", "mismatch", "corrupt", "exists"])
 def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_path, capsys, problem) -> None:
     weights, config, speedup = member / "model.safetensors", member / "model.json", "2"
+    extra = []
     if problem == "impossible":
         speedup, expected = "100000", "cannot prune to speedup"
+    elif problem == "heads":
+        extra, expected = ["--head-ratio", "0.5"], f"{config}: head_ratio needs a model with timm-style attention"
     elif problem == "nan":
         state = load_file(weights)
         first = next(iter(state))
@@ -90,7 +112,7 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
         expected = "already exists"
     before = sorted(tmp_path.rglob("*"))
     args = ["prune", "--model", str(weights), "--config", str(config), "--speedup", speedup]
-    assert main([*args, "--finetune-steps", "5", "--out", str(tmp_path / "out")]) == 2
+    assert main([*args, *extra, "--finetune-steps", "5", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("metaprune: error:") and expected in err, err
     assert sorted(tmp_path.rglob("*")) == before

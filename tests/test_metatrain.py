@@ -12,6 +12,7 @@ from torch import nn
 
 from hypernets import zoo
 from hypernets.graph import to_neuron_graph
+from hypernets.zoo.vit import ViTArch
 from metaprune.metanet import Metanet, MetanetConfig
 from metaprune.metatrain import METRICS_FILE, Member, MetaTrainConfig, train_metanet
 from metaprune.objective import ChannelGroups, ObjectiveConfig, group_norms, group_penalty
@@ -111,6 +112,31 @@ def test_groups_match_torch_pruning_dependency_groups(build) -> None:
     theirs = _torch_pruning_norms(model, inputs, head)
     assert len(ours) == len(theirs)
     assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_vit_groups_are_whole_heads_and_mlp_channels() -> None:
+    """A head's group holds its q, k, v rows and biases and the output projection's columns for it; an MLP
+    channel's holds fc1's row and bias and fc2's column. The residual stream carries the class token: no group."""
+    torch.manual_seed(0)
+    vit = ViTArch(depth=2, embed_dim=16, num_heads=2, mlp_ratio=2.0, patch_size=14, pool="token").build()
+    graph = to_neuron_graph(vit, (1, 1, 28, 28))
+    expected = []
+    for block in vit.blocks:
+        qkv, proj, dim = block.attn.qkv, block.attn.proj, block.attn.head_dim
+        for head in range(2):
+            rows = [part * 16 + head * dim + i for part in range(3) for i in range(dim)]
+            columns = proj.weight[:, head * dim : (head + 1) * dim]
+            squares = qkv.weight[rows].square().sum() + qkv.bias[rows].square().sum() + columns.square().sum()
+            expected.append(squares.sqrt().item())
+        fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+        squares = fc1.weight.square().sum(1) + fc1.bias.square() + fc2.weight.square().sum(0)
+        expected += squares.sqrt().tolist()
+    ours = group_norms(graph, ChannelGroups.of(graph))
+    assert len(ours) == 2 * (2 + 32)
+    assert sorted(ours.tolist()) == pytest.approx(sorted(expected), rel=1e-5)
+    pooled = ViTArch(depth=2, embed_dim=16, num_heads=2, mlp_ratio=2.0, patch_size=14, pool="avg").build()
+    graph = to_neuron_graph(pooled, (1, 1, 28, 28))  # no class token: each residual feature is a group too
+    assert ChannelGroups.of(graph).num_groups == 2 * (2 + 32) + 16
 
 
 def test_metatraining_lowers_the_penalty_and_keeps_accuracy(tmp_path) -> None:

@@ -90,3 +90,13 @@ def test_default_specs_cycle_families_with_distinct_seeds() -> None:
     assert len({s.name for s in specs}) == 9
     for spec in specs:
         assert build_from_config(spec.config(), spec.name) is not None
+
+
+def test_vit_population_builds_timm_vits_with_their_own_rate() -> None:
+    specs = population_specs(3, train_steps=5, population="vit")
+    assert [s.family for s in specs] == ["vit"] * 3 and all(s.lr == 1e-3 for s in specs)
+    model = build_from_config(specs[1].config(), specs[1].name)
+    assert [b.attn.num_heads for b in model.blocks] == [4, 4] and model.embed_dim == 48
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown population 'rnn'; choose one of cnn, vit"):
+        population_specs(1, population="rnn")

@@ -10,6 +10,10 @@ with the same budget:
   (c) l1:         plain magnitude (L1) pruning
   (d) random:     random channels
 
+With ``--population vit`` the members are small timm ViTs: every pipeline first removes ``--head-ratio`` of the
+heads of each attention layer (ranked by its own criterion), then MLP and embedding channels; the metanetwork's
+group lasso covers whole heads and MLP channels.
+
 Every pruned network's BatchNorm statistics are re-estimated on training batches (no weight changes)
 before it is scored. It prints a table of mean eval accuracy right after pruning and after fine-tuning, and writes
 ``results.jsonl``, ``table.md`` and ``accuracy_vs_speedup.png`` to --out. The population and the
@@ -17,6 +21,7 @@ metanetwork are built (and cached) under --work when missing, so the first run t
 
     python recipes/bench/bench_prune.py                       # defaults: 2x, 4x, 8x; 100 fine-tuning steps
     python recipes/bench/bench_prune.py --speedups 2 4 --finetune-steps 300 --held-out 4
+    python recipes/bench/bench_prune.py --population vit --speedups 1.5 2 3
 """
 
 from __future__ import annotations
@@ -39,11 +44,12 @@ from metaprune.finetune import finetune, recalibrate_batchnorm
 from metaprune.measure import accuracy
 from metaprune.metanet import Metanet
 from metaprune.metatrain import MetaTrainConfig, train_metanet
-from metaprune.population import INPUT_SHAPE, build_population, load_member, mnist, population_specs
+from metaprune.population import INPUT_SHAPE, POPULATIONS, build_population, load_member, mnist, population_specs
 from metaprune.prune import ImpossibleTargetError, prune, sparse_train
 
 METHODS = ("metanet", "group_norm", "l1", "random")
 HELD_OUT_SEED = 1000  # held-out members are seeded far from the training ones
+HEAD_RATIO = {"cnn": 0.0, "vit": 0.5}  # default --head-ratio: CNNs have no heads
 
 
 def prepared(method: str, model: torch.nn.Module, metanet: Metanet, train, sparse_steps: int) -> torch.nn.Module:
@@ -59,9 +65,12 @@ def prepared(method: str, model: torch.nn.Module, metanet: Metanet, train, spars
 
 def run(args: argparse.Namespace) -> list[dict]:
     work = args.work
-    train_pop = build_population(work / "population", population_specs(args.size, args.train_steps))
+    train_pop = build_population(
+        work / "population", population_specs(args.size, args.train_steps, population=args.population)
+    )
     held_out = build_population(
-        work / "held_out", population_specs(args.held_out, args.train_steps, seed=HELD_OUT_SEED)
+        work / "held_out",
+        population_specs(args.held_out, args.train_steps, seed=HELD_OUT_SEED, population=args.population),
     )
     metanet_dir = work / "metanet"
     if not (metanet_dir / "model.safetensors").is_file():
@@ -79,7 +88,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             importance = "group_norm" if method in ("metanet", "group_norm") else method
             for speedup in args.speedups:
                 try:
-                    result = prune(model, example, speedup=speedup, method=importance, seed=args.seed)
+                    result = prune(
+                        model, example, speedup=speedup, method=importance, head_ratio=args.head_ratio, seed=args.seed
+                    )
                 except ImpossibleTargetError as err:
                     print(f"  {directory.name} {method} {speedup}x: {err}")
                     continue
@@ -115,7 +126,7 @@ def table(rows: list[dict], speedups: list[float]) -> str:
     return "\n".join(lines) + f"\n\ndense accuracy (mean over held-out members): {100 * dense:.2f}%"
 
 
-def plot(rows: list[dict], speedups: list[float], path: Path) -> None:
+def plot(rows: list[dict], speedups: list[float], path: Path, title: str) -> None:
     figure, axes = plt.subplots(figsize=(6, 4))
     for method in METHODS:
         means = [
@@ -126,15 +137,16 @@ def plot(rows: list[dict], speedups: list[float], path: Path) -> None:
     axes.set(xscale="log", xlabel="FLOPs speed-up", ylabel="eval accuracy after fine-tuning (%)")
     axes.set_xticks(speedups, [f"{s:g}x" for s in speedups])
     axes.legend()
-    axes.set_title("pruning held-out MNIST networks")
+    axes.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("runs/prune"), help="population and metanet cache")
-    parser.add_argument("--out", type=Path, default=Path("runs/prune/bench"), help="results directory")
+    parser.add_argument("--population", choices=tuple(POPULATIONS), default="cnn", help="which networks to prune")
+    parser.add_argument("--work", type=Path, help="population and metanet cache (default runs/prune/POPULATION)")
+    parser.add_argument("--out", type=Path, help="results directory (default WORK/bench)")
     parser.add_argument("--size", type=int, default=16, help="training members of the population")
     parser.add_argument("--held-out", type=int, default=3, help="held-out members to prune")
     parser.add_argument("--train-steps", type=int, default=600, help="training steps of each member")
@@ -143,8 +155,12 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=100, help="identical for every method")
     parser.add_argument("--sparse-steps", type=int, default=100, help="GroupNormPruner regularization steps")
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.work = args.work or Path("runs/prune") / args.population
+    args.out = args.out or args.work / "bench"
+    args.head_ratio = HEAD_RATIO[args.population] if args.head_ratio is None else args.head_ratio
     torch.set_num_threads(1)  # small networks: one thread is fastest and timings stay comparable
     start = time.perf_counter()
     rows = run(args)
@@ -153,7 +169,8 @@ def main() -> None:
         file.writelines(json.dumps(row) + "\n" for row in rows)
     text = table(rows, args.speedups)
     (args.out / "table.md").write_text(text + "\n")
-    plot(rows, args.speedups, args.out / "accuracy_vs_speedup.png")
+    title = f"pruning held-out MNIST networks ({args.population})"
+    plot(rows, args.speedups, args.out / "accuracy_vs_speedup.png", title)
     print(f"\nmachine: {platform.machine()}, 1 thread; {time.perf_counter() - start:.0f} s in all\n\n{text}")
     print(f"\nwrote {args.out / 'table.md'}, {args.out / 'accuracy_vs_speedup.png'}")
 
