@@ -51,7 +51,7 @@ def _vit(depth: int, embed_dim: int, num_heads: int, mlp_ratio: float, pool: str
     return "vit", asdict(ViTArch(depth, embed_dim, num_heads, mlp_ratio, patch_size=7, pool=pool))
 
 
-# The architectures each population cycles through, smallest first; member i gets seed + i.
+# The architectures each population cycles through; member i gets seed + i.
 POPULATIONS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "cnn": (
         ("small_cnn", {"channels": [16, 32]}),
@@ -72,7 +72,7 @@ POPULATIONS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         _vit(4, 32, 2, 2.0, "token"),
     ),
 }
-# Adam's rate per family: ViTs diverge at the CNNs' 3e-3.
+# Adam's rate where it differs from MemberSpec's 3e-3: ViTs get the lower rate usual for transformers.
 TRAIN_LR: dict[str, float] = {"vit": 1e-3}
 
 
