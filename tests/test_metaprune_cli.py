@@ -83,7 +83,7 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
     assert math.isclose(accuracy, report["after"]["accuracy"], abs_tol=1e-6)
 
 
-@pytest.mark.parametrize("problem", ["impossible", "heads", "nan", "mismatch", "corrupt", "exists"])
+@pytest.mark.parametrize("problem", ["impossible", "heads", "head_ratio", "nan", "mismatch", "corrupt", "exists"])
 def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_path, capsys, problem) -> None:
     weights, config, speedup = member / "model.safetensors", member / "model.json", "2"
     extra = []
@@ -91,6 +91,8 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
         speedup, expected = "100000", "cannot prune to speedup"
     elif problem == "heads":
         extra, expected = ["--head-ratio", "0.5"], f"{config}: head_ratio needs a model with timm-style attention"
+    elif problem == "head_ratio":
+        extra, expected = ["--head-ratio", "1.5"], "--head-ratio must be in [0, 1), got 1.5"
     elif problem == "nan":
         state = load_file(weights)
         first = next(iter(state))
