@@ -296,8 +296,13 @@ def _prune_heads(
         drop = torch.topk(head_scores, removed, largest=False).indices.tolist()
         idxs = [head * dim + i for head in sorted(drop) for i in range(dim)]
         graph.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs).prune()
-        attn.num_heads = heads - removed
-        attn.attn_dim = attn.num_heads * dim
+        set_num_heads(attn, heads - removed)
+
+
+def set_num_heads(attn: nn.Module, num_heads: int) -> None:
+    """Tell a timm attention layer how many heads its (already resized) ``qkv`` and ``proj`` now hold."""
+    attn.num_heads = num_heads
+    attn.attn_dim = num_heads * attn.head_dim
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:

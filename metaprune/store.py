@@ -20,7 +20,7 @@ from torch import nn
 
 from hypernets.checkpoint import load_state_strict
 from metaprune.population import CONFIG_FILE, WEIGHTS_FILE, build_from_config
-from metaprune.prune import is_attention
+from metaprune.prune import is_attention, set_num_heads
 
 
 def write_directory(directory: str | os.PathLike, files: dict[str, bytes], overwrite: bool = False) -> Path:
@@ -101,5 +101,4 @@ def _update_size_attributes(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm) and module.weight is not None:
         module.normalized_shape = tuple(module.weight.shape)
     elif is_attention(module):  # head pruning keeps each head's size, so the head count follows from qkv
-        module.num_heads = module.qkv.weight.shape[0] // (3 * module.head_dim)
-        module.attn_dim = module.num_heads * module.head_dim
+        set_num_heads(module, module.qkv.weight.shape[0] // (3 * module.head_dim))
