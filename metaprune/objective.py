@@ -13,6 +13,8 @@ of another), as in Torch-Pruning's groups.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,10 @@ class ObjectiveConfig:
     task_weight: float = 1.0
     group_weight: float = 1.0  # lambda, on the penalty relative to the original network's
     relative: bool = True  # divide the penalty by the input network's, so every member counts alike
+    # Batch norms normalize with the batch's own statistics: a pruned network's are re-estimated before
+    # use, so the stale running statistics of the input network would charge the metanetwork for a shift
+    # that recalibration removes (and compound it through a deep ResNet).
+    batch_statistics: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,12 @@ def objective_terms(
     """``{"loss", "task", "penalty", "accuracy"}`` of ``model`` run with ``state`` (the rewritten
     parameters) on ``batch``; with ``config.relative`` the penalty is divided by ``reference_penalty``."""
     images, labels = batch
-    logits = torch.func.functional_call(model, state, (images,))
+    if config.batch_statistics:
+        with _batch_statistics(model):  # running statistics update copies, never the member
+            buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+            logits = torch.func.functional_call(model, {**state, **buffers}, (images,))
+    else:
+        logits = torch.func.functional_call(model, state, (images,))
     task = F.cross_entropy(logits, labels)
     penalty = group_penalty(transformed, groups)
     if config.relative:
@@ -120,3 +131,16 @@ def objective_terms(
         "penalty": penalty,
         "accuracy": (logits.argmax(dim=1) == labels).float().mean(),
     }
+
+
+@contextmanager
+def _batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Batch norms of ``model`` in training mode (batch statistics) for the block, the rest as it was."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training]
+    for norm in norms:
+        norm.train()
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.eval()

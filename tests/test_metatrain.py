@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -15,8 +16,8 @@ from hypernets.graph import to_neuron_graph
 from hypernets.zoo.vit import ViTArch
 from metaprune.metanet import Metanet, MetanetConfig
 from metaprune.metatrain import METRICS_FILE, Member, MetaTrainConfig, train_metanet
-from metaprune.objective import ChannelGroups, ObjectiveConfig, group_norms, group_penalty
-from metaprune.population import MemberSpec, build_population, list_members, mnist
+from metaprune.objective import ChannelGroups, ObjectiveConfig, group_norms, group_penalty, objective_terms
+from metaprune.population import INPUT_SHAPE, MemberSpec, build_population, list_members, mnist
 
 
 def _set(layer: nn.Linear, weight: list, bias: list) -> nn.Linear:
@@ -137,6 +138,48 @@ def test_vit_groups_are_whole_heads_and_mlp_channels() -> None:
     pooled = ViTArch(depth=2, embed_dim=16, num_heads=2, mlp_ratio=2.0, patch_size=14, pool="avg").build()
     graph = to_neuron_graph(pooled, (1, 1, 28, 28))  # no class token: each residual feature is a group too
     assert ChannelGroups.of(graph).num_groups == 2 * (2 + 32) + 16
+
+
+def _stale_resnet() -> nn.Module:
+    """A ResNet whose batch-norm statistics are far from any batch's, as after a rewrite."""
+    torch.manual_seed(0)
+    model = zoo.cnn.cifar_resnet(depth=8, width=4, in_channels=1).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-3, 3)
+                module.running_var.uniform_(5, 10)
+    return model
+
+
+def _task_term(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], batch_statistics: bool) -> torch.Tensor:
+    graph = to_neuron_graph(model, INPUT_SHAPE)
+    config = ObjectiveConfig(batch_statistics=batch_statistics, relative=False)
+    with torch.no_grad():
+        state = dict(model.named_parameters())
+        return objective_terms(model, state, graph, ChannelGroups.of(graph), batch, config)["task"]
+
+
+@pytest.mark.parametrize("batch_statistics", [True, False])
+def test_objective_normalizes_with_the_statistics_asked_for(batch_statistics: bool) -> None:
+    model = _stale_resnet()
+    images, labels = mnist("train").tensors
+    batch = (images[:64], labels[:64])
+    task = _task_term(model, batch, batch_statistics)
+    reference = copy.deepcopy(model).train(batch_statistics)  # train mode: the batch's own statistics
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(reference(batch[0]), batch[1])
+    assert torch.allclose(task, expected, atol=1e-5)
+    assert not torch.allclose(_task_term(model, batch, not batch_statistics), expected, atol=1e-3)
+
+
+def test_objective_never_updates_the_members_statistics_or_modes() -> None:
+    model = _stale_resnet()
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    images, labels = mnist("train").tensors
+    _task_term(model, (images[:64], labels[:64]), batch_statistics=True)
+    assert all(torch.equal(b, before[name]) for name, b in model.named_buffers())
+    assert not any(m.training for m in model.modules())
 
 
 def test_metatraining_lowers_the_penalty_and_keeps_accuracy(tmp_path) -> None:
