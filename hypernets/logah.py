@@ -27,6 +27,7 @@ from hypernets.graph.vocab import OP_KINDS
 from hypernets.kernels import decode
 from hypernets.nn.decoders import LowRankDecoder, TiledDecoder, VectorDecoder
 from hypernets.nn.encoder import EncoderConfig, GraphEncoder
+from hypernets.nn.encoding import DEFAULT_FREQUENCIES
 from hypernets.nn.plan import VECTOR_ROLES, TargetPlan
 
 CHECKPOINT_KIND = "hypernets.LoGAH"
@@ -48,7 +49,7 @@ class LoGAHConfig:
     tile: int = 64  # chunk size of the tiled decoder
     mip: bool = True
     seed: int = 0  # seeds theta_0, the MIP residual base
-    shape_frequencies: int = 8  # cos/sin frequencies of the shape encoding; fewer generalize to unseen widths
+    shape_frequencies: int = DEFAULT_FREQUENCIES  # cos/sin frequencies of the shape encoding; more alias unseen widths
 
     def __post_init__(self) -> None:
         if self.decoder not in ("lowrank", "tiled"):

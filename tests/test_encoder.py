@@ -23,6 +23,21 @@ def test_mip_shape_encoding_has_constant_norm_and_plain_one_does_not() -> None:
     assert not torch.allclose(distinct[0], distinct[1])
 
 
+def _distances_from_width_96(**frequencies) -> torch.Tensor:
+    widths = torch.linspace(96, 192, 25).round().long()
+    ones = torch.ones_like(widths)
+    codes = encode_shape(torch.stack([widths, widths, ones, ones], 1), mip=True, **frequencies)
+    return (codes - codes[0]).norm(dim=1)
+
+
+def test_default_shape_encoding_moves_away_steadily_as_a_width_grows() -> None:
+    """Unseen widths must encode near the nearest seen one: the distance from width 96 grows with every
+    step up to 192, so no frequency wraps around. With 8 frequencies the fastest turns 10 rad per
+    doubling, and the distance goes up and down."""
+    assert torch.all(_distances_from_width_96().diff() > 0)
+    assert not torch.all(_distances_from_width_96(num_frequencies=8).diff() > 0)
+
+
 def test_shape_encoding_rejects_wrong_layout() -> None:
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
         encode_shape(torch.zeros(3, 2, dtype=torch.long), mip=True)

@@ -18,7 +18,7 @@ from torch_geometric.utils import to_dense_batch
 
 from hypernets.graph.vocab import OP_KINDS
 
-from .encoding import encode_shape, shape_features
+from .encoding import DEFAULT_FREQUENCIES, encode_shape, shape_features
 
 NO_EDGE, FORWARD_EDGE, BACKWARD_EDGE = 0, 1, 2
 
@@ -31,7 +31,7 @@ class EncoderConfig:
     max_distance: int = 8
     mlp_ratio: int = 4
     mip: bool = True
-    num_frequencies: int = 8
+    num_frequencies: int = DEFAULT_FREQUENCIES
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:

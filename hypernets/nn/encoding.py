@@ -15,6 +15,10 @@ from torch import Tensor
 
 SHAPE_DIMS = 4  # (d_out, d_in, k_h, k_w), the op graph's shape code
 LOG2_MAX_SIZE = 20.0  # sizes up to about a million map into one period of the slowest frequency
+# 4 frequencies: the fastest turns 0.63 rad per doubling of a size, so a width a third beyond the widest
+# one trained on encodes next to it. With 8 it turns 10 rad, and an unseen width gets an arbitrary code:
+# held-out width-128 ViTs with a class token fell to 20 to 35% at step 0 (75 to 85% with 4).
+DEFAULT_FREQUENCIES = 4
 
 
 def shape_features(num_frequencies: int) -> int:
@@ -22,7 +26,7 @@ def shape_features(num_frequencies: int) -> int:
     return SHAPE_DIMS * 2 * num_frequencies
 
 
-def encode_shape(shape: Tensor, mip: bool, num_frequencies: int = 8) -> Tensor:
+def encode_shape(shape: Tensor, mip: bool, num_frequencies: int = DEFAULT_FREQUENCIES) -> Tensor:
     """``[N, 4]`` integer shape codes -> ``[N, 4 * 2 * num_frequencies]`` float features.
 
     With ``mip`` every row has norm ``sqrt(4 * num_frequencies)`` exactly; without it the features

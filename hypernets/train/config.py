@@ -16,7 +16,7 @@ HYPERNET_DEFAULTS: dict[str, Any] = {
     "heads": 4,
     "rank": 8,
     "max_ck": 64,
-    "shape_frequencies": 8,
+    "shape_frequencies": 4,
 }
 
 

@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--hidden", type=int, default=HYPERNET_DEFAULTS["hidden"])
     parser.add_argument("--rank", type=int, default=HYPERNET_DEFAULTS["rank"])
+    parser.add_argument(
+        "--shape-frequencies", type=int, default=HYPERNET_DEFAULTS["shape_frequencies"], help="of the shape encoding"
+    )
     parser.add_argument("--heldout", type=int, default=8, help="held-out architectures to score")
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
@@ -57,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    lowrank = hypernet_config(hidden=args.hidden, rank=args.rank)
+    lowrank = hypernet_config(hidden=args.hidden, rank=args.rank, shape_frequencies=args.shape_frequencies)
     base = TrainConfig(
         family=args.family,
         steps=args.steps,
