@@ -159,7 +159,12 @@ class Metanet(nn.Module):
 
     @torch.no_grad()
     def rewrite_(self, model: nn.Module, inputs: Inputs = None) -> nn.Module:
-        """Load the rewritten parameters into ``model`` in place (the inference path of pruning)."""
+        """Load the rewritten parameters into ``model`` in place (the inference path of pruning).
+
+        Batch-norm running statistics stay as they were, and no longer match the rewritten weights: the
+        metanetwork is trained for networks whose statistics are re-estimated before use
+        (:func:`metaprune.finetune.recalibrate_batchnorm`), as ``metaprune prune`` does after pruning.
+        """
         rewritten = self.transform(model, inputs)
         state = model.state_dict()
         for name, value in rewritten.items():
