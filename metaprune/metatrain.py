@@ -60,14 +60,18 @@ class Member:
     penalty: Tensor
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Member:
+    def load(
+        cls, directory: str | os.PathLike, device: str | torch.device = "cpu", penalty: str = "group_lasso"
+    ) -> Member:
         model, _ = load_member(directory)
         for param in model.parameters():
             param.requires_grad_(False)
         graph = to_neuron_graph(model, INPUT_SHAPE).to(device)  # built on the CPU, where all its tensors agree
         model.to(device)
         groups = ChannelGroups.of(graph)
-        return cls(Path(directory).name, model, graph, GraphLayout.of(graph), groups, group_penalty(graph, groups))
+        return cls(
+            Path(directory).name, model, graph, GraphLayout.of(graph), groups, group_penalty(graph, groups, penalty)
+        )
 
     def evaluate(self, metanet: Metanet, batch: tuple[Tensor, Tensor], config: ObjectiveConfig) -> dict[str, Tensor]:
         """The objective's terms for this member rewritten by ``metanet``."""
@@ -86,7 +90,7 @@ def train_metanet(
     torch.manual_seed(config.seed)
     sampler = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    members = [Member.load(d, config.device) for d in directories]
+    members = [Member.load(d, config.device, config.objective.penalty) for d in directories]
     images, labels = (t.to(config.device) for t in mnist("train").tensors)
     metanet = Metanet(config.metanet).to(config.device)
     # alpha scales every rewrite; at the base rate it could grow only a few percent in a short run

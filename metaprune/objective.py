@@ -30,6 +30,7 @@ HIDDEN_NODE_TYPES = tuple(NODE_TYPES.index(t) for t in ("neuron", "norm", "sum",
 _WEIGHT = EDGE_TYPES.index("weight")
 _BINDING = tuple(EDGE_TYPES.index(t) for t in ("identity", "head", "qk_pair"))  # nodes that go together
 EPS = 1e-12  # keeps the gradient of a group norm finite at zero
+PENALTIES = ("group_lasso", "concentration")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ class ObjectiveConfig:
     # use, so the stale running statistics of the input network would charge the metanetwork for a shift
     # that recalibration removes (and compound it through a deep ResNet).
     batch_statistics: bool = True
+    # "group_lasso": the sum of the group norms, which also falls when a whole layer shrinks; "concentration":
+    # that sum over the root of the sum of their squares, which only falls when mass moves into fewer groups.
+    penalty: str = "group_lasso"
+
+    def __post_init__(self) -> None:
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"ObjectiveConfig.penalty must be one of {', '.join(PENALTIES)}, got {self.penalty!r}")
 
 
 @dataclass(frozen=True)
@@ -96,9 +104,20 @@ def group_norms(graph: Data, groups: ChannelGroups) -> Tensor:
     return (total + EPS).sqrt()
 
 
-def group_penalty(graph: Data, groups: ChannelGroups) -> Tensor:
-    """The group lasso: the sum of the groups' L2 norms."""
-    return group_norms(graph, groups).sum()
+def group_penalty(graph: Data, groups: ChannelGroups, kind: str = "group_lasso") -> Tensor:
+    """The group lasso (the sum of the groups' L2 norms), or with ``kind="concentration"`` the same divided
+    by the L2 norm of all the groups' parameters: a scale-free measure, between 1 and the root of the number
+    of groups, that only the spread of mass across groups moves.
+
+    Group-norm pruning ranks channels within each layer, so the scale of a layer does not change what it
+    removes; under the group lasso a metanetwork also gains by shrinking whole layers, which is free for a
+    layer followed by a batch norm and costs accuracy for one that is not."""
+    norms = group_norms(graph, groups)
+    if kind == "concentration":
+        return norms.sum() / norms.square().sum().sqrt()
+    if kind != "group_lasso":
+        raise ValueError(f"unknown group penalty {kind!r}; choose one of {', '.join(PENALTIES)}")
+    return norms.sum()
 
 
 def objective_terms(
@@ -120,7 +139,7 @@ def objective_terms(
     else:
         logits = torch.func.functional_call(model, state, (images,))
     task = F.cross_entropy(logits, labels)
-    penalty = group_penalty(transformed, groups)
+    penalty = group_penalty(transformed, groups, config.penalty)
     if config.relative:
         if reference_penalty is None:
             raise ValueError("ObjectiveConfig.relative needs the input network's penalty as reference_penalty")

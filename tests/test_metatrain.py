@@ -50,6 +50,28 @@ def test_group_norms_of_a_hand_built_mlp() -> None:
     assert group_penalty(graph, groups).item() == pytest.approx(7.0)
 
 
+def test_concentration_of_a_hand_built_mlp_ignores_scale_and_rewards_fewer_groups() -> None:
+    graph = to_neuron_graph(_hand_mlp(), (1, 2))
+    groups = ChannelGroups.of(graph)
+    # group norms 3, 1, 3: (3 + 1 + 3) / sqrt(9 + 1 + 9)
+    assert group_penalty(graph, groups, "concentration").item() == pytest.approx(7 / 19**0.5)
+    scaled = graph.clone()
+    scaled.x, scaled.edge_attr = 10 * graph.x, 10 * graph.edge_attr
+    assert group_penalty(scaled, groups, "concentration").item() == pytest.approx(7 / 19**0.5)
+    assert group_penalty(scaled, groups).item() == pytest.approx(70.0)  # the group lasso follows the scale
+    model = _hand_mlp()
+    with torch.no_grad():  # move neuron 1's mass away: norms 3, 0, 3
+        model[0].weight[1] = 0
+        model[2].weight[:, 1] = 0
+    sparser = to_neuron_graph(model, (1, 2))
+    assert group_penalty(sparser, groups, "concentration").item() == pytest.approx(6 / 18**0.5)
+
+
+def test_unknown_penalty_is_rejected_by_name() -> None:
+    with pytest.raises(ValueError, match="penalty.*'l1'"):
+        ObjectiveConfig(penalty="l1")
+
+
 @pytest.mark.parametrize(("neuron", "norm"), [(0, 3.0), (1, 1.0)])
 def test_zeroing_a_group_removes_exactly_its_norm(neuron: int, norm: float) -> None:
     model = _hand_mlp()

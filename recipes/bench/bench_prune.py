@@ -22,12 +22,14 @@ metanetwork are built (and cached) under --work when missing, so the first run t
     python recipes/bench/bench_prune.py                       # defaults: 2x, 4x, 8x; 100 fine-tuning steps
     python recipes/bench/bench_prune.py --speedups 2 4 --finetune-steps 300 --held-out 4
     python recipes/bench/bench_prune.py --population vit --speedups 1.5 2 3
+    python recipes/bench/bench_prune.py --seeds 0 1 2 --penalty concentration   # gains with standard errors
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import platform
 import statistics
@@ -44,6 +46,7 @@ from metaprune.finetune import finetune, recalibrate_batchnorm
 from metaprune.measure import accuracy
 from metaprune.metanet import Metanet
 from metaprune.metatrain import MetaTrainConfig, train_metanet
+from metaprune.objective import PENALTIES, ObjectiveConfig
 from metaprune.population import INPUT_SHAPE, POPULATIONS, build_population, load_member, mnist, population_specs
 from metaprune.prune import ImpossibleTargetError, prune, sparse_train
 
@@ -52,14 +55,16 @@ HELD_OUT_SEED = 1000  # held-out members are seeded far from the training ones
 HEAD_RATIO = {"cnn": 0.0, "vit": 0.5}  # default --head-ratio: CNNs have no heads
 
 
-def prepared(method: str, model: torch.nn.Module, metanet: Metanet, train, sparse_steps: int) -> torch.nn.Module:
+def prepared(
+    method: str, model: torch.nn.Module, metanet: Metanet, train, sparse_steps: int, seed: int
+) -> torch.nn.Module:
     """The network each pipeline prunes: rewritten, sparsified, or as it is."""
     model = copy.deepcopy(model)
     if method == "metanet":
         metanet.rewrite_(model, INPUT_SHAPE)
     if method in ("metanet", "group_norm") and sparse_steps:
         example = torch.zeros(1, *INPUT_SHAPE[1:])
-        sparse_train(model, example, train, steps=sparse_steps, progress=False)
+        sparse_train(model, example, train, steps=sparse_steps, seed=seed, progress=False)
     return model.eval()
 
 
@@ -74,30 +79,34 @@ def run(args: argparse.Namespace) -> list[dict]:
     )
     metanet_dir = work / "metanet"
     if not (metanet_dir / "model.safetensors").is_file():
-        train_metanet(work / "population", metanet_dir, MetaTrainConfig(steps=args.metatrain_steps))
+        objective = ObjectiveConfig(penalty=args.penalty)
+        train_metanet(
+            work / "population", metanet_dir, MetaTrainConfig(steps=args.metatrain_steps, objective=objective)
+        )
     metanet = Metanet.from_pretrained(metanet_dir).eval()
     train, eval_set = mnist("train"), mnist("eval")
     example = torch.zeros(1, *INPUT_SHAPE[1:])
     rows = []
     print(f"{len(train_pop)} training members, {len(held_out)} held out")
-    for directory in held_out:
+    for seed, directory in itertools.product(args.seeds, held_out):
         dense, _ = load_member(directory)
         dense_accuracy = accuracy(dense, eval_set)
         for method in METHODS:
-            model = prepared(method, dense, metanet, train, args.sparse_steps)
+            model = prepared(method, dense, metanet, train, args.sparse_steps, seed)
             importance = "group_norm" if method in ("metanet", "group_norm") else method
             for speedup in args.speedups:
                 try:
                     result = prune(
-                        model, example, speedup=speedup, method=importance, head_ratio=args.head_ratio, seed=args.seed
+                        model, example, speedup=speedup, method=importance, head_ratio=args.head_ratio, seed=seed
                     )
                 except ImpossibleTargetError as err:
                     print(f"  {directory.name} {method} {speedup}x: {err}")
                     continue
-                pruned = recalibrate_batchnorm(result.model, train, seed=args.seed)
+                pruned = recalibrate_batchnorm(result.model, train, seed=seed)
                 pruned_accuracy = accuracy(pruned, eval_set)
-                finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=args.seed, progress=False)
+                finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=seed, progress=False)
                 row = {
+                    "seed": seed,
                     "member": directory.name,
                     "method": method,
                     "target": speedup,
@@ -107,12 +116,14 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "finetuned": accuracy(pruned.eval(), eval_set),
                 }
                 rows.append(row)
-                print(f"  {directory.name} {method:10} {speedup}x: {pruned_accuracy:.3f} -> {row['finetuned']:.3f}")
+                scores = f"{pruned_accuracy:.3f} -> {row['finetuned']:.3f}"
+                print(f"  seed {seed} {directory.name} {method:10} {speedup}x: {scores}")
     return rows
 
 
 def table(rows: list[dict], speedups: list[float]) -> str:
-    """Mean accuracy (%) right after pruning / after fine-tuning, per method and speed-up."""
+    """Mean accuracy (%) right after pruning / after fine-tuning, per method and speed-up (over members and
+    seeds), then the metanetwork's gain over DepGraph after fine-tuning, with its standard error over seeds."""
     header = "| method | " + " | ".join(f"{s:g}x pruned | {s:g}x fine-tuned" for s in speedups) + " |"
     lines = [header, "|---|" + "---:|" * (2 * len(speedups))]
     for method in METHODS:
@@ -122,8 +133,35 @@ def table(rows: list[dict], speedups: list[float]) -> str:
             for key in ("pruned", "finetuned"):
                 cells.append(f"{100 * statistics.mean(r[key] for r in chosen):.2f}" if chosen else "n/a")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    gains = [f"{s:g}x {_gain(rows, s)}" for s in speedups]
     dense = statistics.mean({r["member"]: r["dense"] for r in rows}.values())
-    return "\n".join(lines) + f"\n\ndense accuracy (mean over held-out members): {100 * dense:.2f}%"
+    seeds = len({r["seed"] for r in rows})
+    return "\n".join(
+        [
+            *lines,
+            "",
+            f"metanet - group_norm after fine-tuning ({seeds} seed(s)): " + ", ".join(gains),
+            f"dense accuracy (mean over held-out members): {100 * dense:.2f}%",
+        ]
+    )
+
+
+def _gain(rows: list[dict], speedup: float) -> str:
+    """Mean of the per-seed differences (a) - (b), in points, and their standard error when there are seeds to
+    compare: pairing by seed removes what the members and batches share."""
+    per_seed = []
+    for seed in sorted({r["seed"] for r in rows}):
+        score = {
+            method: [r["finetuned"] for r in rows if (r["seed"], r["method"], r["target"]) == (seed, method, speedup)]
+            for method in ("metanet", "group_norm")
+        }
+        if all(score.values()):
+            per_seed.append(100 * (statistics.mean(score["metanet"]) - statistics.mean(score["group_norm"])))
+    if not per_seed:
+        return "n/a"
+    if len(per_seed) == 1:
+        return f"{per_seed[0]:+.2f}"
+    return f"{statistics.mean(per_seed):+.2f} ± {statistics.stdev(per_seed) / len(per_seed) ** 0.5:.2f}"
 
 
 def plot(rows: list[dict], speedups: list[float], path: Path, title: str) -> None:
@@ -151,12 +189,17 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=3, help="held-out members to prune")
     parser.add_argument("--train-steps", type=int, default=600, help="training steps of each member")
     parser.add_argument("--metatrain-steps", type=int, default=400, help="meta-training steps of the metanet")
+    parser.add_argument(
+        "--penalty", choices=PENALTIES, default="group_lasso", help="group penalty of the meta-training objective"
+    )
     parser.add_argument("--speedups", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     parser.add_argument("--finetune-steps", type=int, default=100, help="identical for every method")
     parser.add_argument("--sparse-steps", type=int, default=100, help="GroupNormPruner regularization steps")
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="seeds of sparse training, pruning and fine-tuning"
+    )
     args = parser.parse_args()
     args.work = args.work or Path("runs/prune") / args.population
     args.out = args.out or args.work / "bench"
