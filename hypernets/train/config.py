@@ -14,7 +14,7 @@ HYPERNET_DEFAULTS: dict[str, Any] = {
     "hidden": 96,
     "layers": 2,
     "heads": 4,
-    "rank": 8,
+    "rank": 32,
     "max_ck": 64,
     "shape_frequencies": 4,
 }
