@@ -68,7 +68,7 @@ def test_concentration_of_a_hand_built_mlp_ignores_scale_and_rewards_fewer_group
 
 
 def test_unknown_penalty_is_rejected_by_name() -> None:
-    with pytest.raises(ValueError, match="penalty.*'l1'"):
+    with pytest.raises(ValueError, match=r"penalty.*'l1'"):
         ObjectiveConfig(penalty="l1")
 
 
