@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     )
     metanet_dir = work / "metanet"
     if not (metanet_dir / "model.safetensors").is_file():
-        objective = ObjectiveConfig(penalty=args.penalty)
+        objective = ObjectiveConfig(penalty=args.penalty, group_weight=args.group_weight)
         train_metanet(
             work / "population", metanet_dir, MetaTrainConfig(steps=args.metatrain_steps, objective=objective)
         )
@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument(
         "--penalty", choices=PENALTIES, default="group_lasso", help="group penalty of the meta-training objective"
     )
+    parser.add_argument("--group-weight", type=float, default=1.0, help="weight of the group penalty (lambda)")
     parser.add_argument("--speedups", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     parser.add_argument("--finetune-steps", type=int, default=100, help="identical for every method")
     parser.add_argument("--sparse-steps", type=int, default=100, help="GroupNormPruner regularization steps")
