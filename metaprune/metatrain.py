@@ -61,7 +61,7 @@ class Member:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike, device: str | torch.device = "cpu", penalty: str = "group_lasso"
+        cls, directory: str | os.PathLike, device: str | torch.device = "cpu", penalty: str = "concentration"
     ) -> Member:
         model, _ = load_member(directory)
         for param in model.parameters():

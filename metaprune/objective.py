@@ -44,9 +44,9 @@ class ObjectiveConfig:
     # use, so the stale running statistics of the input network would charge the metanetwork for a shift
     # that recalibration removes (and compound it through a deep ResNet).
     batch_statistics: bool = True
-    # "group_lasso": the sum of the group norms, which also falls when a whole layer shrinks; "concentration":
-    # that sum over the root of the sum of their squares, which only falls when mass moves into fewer groups.
-    penalty: str = "group_lasso"
+    # "concentration": the sum of the group norms over the root of the sum of their squares, which only falls
+    # when mass moves into fewer groups; "group_lasso": the sum alone, which also falls when a whole layer shrinks.
+    penalty: str = "concentration"
 
     def __post_init__(self) -> None:
         if self.penalty not in PENALTIES:
