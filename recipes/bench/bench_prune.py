@@ -45,7 +45,7 @@ import torch
 from metaprune.finetune import finetune, recalibrate_batchnorm
 from metaprune.measure import accuracy
 from metaprune.metanet import Metanet
-from metaprune.metatrain import MetaTrainConfig, train_metanet
+from metaprune.metatrain import TRAIN_CONFIG_FILE, MetaTrainConfig, train_metanet
 from metaprune.objective import PENALTIES, ObjectiveConfig
 from metaprune.population import INPUT_SHAPE, POPULATIONS, build_population, load_member, mnist, population_specs
 from metaprune.prune import ImpossibleTargetError, prune, sparse_train
@@ -68,6 +68,18 @@ def prepared(
     return model.eval()
 
 
+def check_cached_objective(metanet_dir: Path, objective: ObjectiveConfig) -> None:
+    """A cached metanetwork meta-trained with another penalty or weight would answer a different question."""
+    trained = {"penalty": "group_lasso"}  # metanetworks trained before the choice existed
+    trained |= json.loads((metanet_dir / TRAIN_CONFIG_FILE).read_text())["objective"]
+    for name in ("penalty", "group_weight"):
+        if trained[name] != getattr(objective, name):
+            raise SystemExit(
+                f"{metanet_dir} was meta-trained with {name}={trained[name]!r}, not {getattr(objective, name)!r}; "
+                "pass the same settings or use another --work"
+            )
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     work = args.work
     train_pop = build_population(
@@ -78,11 +90,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         population_specs(args.held_out, args.train_steps, seed=HELD_OUT_SEED, population=args.population),
     )
     metanet_dir = work / "metanet"
+    objective = ObjectiveConfig(penalty=args.penalty, group_weight=args.group_weight)
     if not (metanet_dir / "model.safetensors").is_file():
-        objective = ObjectiveConfig(penalty=args.penalty, group_weight=args.group_weight)
         train_metanet(
             work / "population", metanet_dir, MetaTrainConfig(steps=args.metatrain_steps, objective=objective)
         )
+    check_cached_objective(metanet_dir, objective)
     metanet = Metanet.from_pretrained(metanet_dir).eval()
     train, eval_set = mnist("train"), mnist("eval")
     example = torch.zeros(1, *INPUT_SHAPE[1:])
