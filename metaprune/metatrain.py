@@ -61,7 +61,7 @@ class Member:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike, device: str | torch.device = "cpu", penalty: str = "concentration"
+        cls, directory: str | os.PathLike, device: str | torch.device = "cpu", penalty: str = ObjectiveConfig.penalty
     ) -> Member:
         model, _ = load_member(directory)
         for param in model.parameters():
