@@ -3,8 +3,8 @@
 At each FLOPs speed-up, every held-out member of the population is pruned four ways, then fine-tuned
 with the same budget:
 
-  (a) metanet:    the meta-trained metanetwork rewrites it, then the same --sparse-steps of regularized
-                  training as (b) (the paper's fine-tuning of the rewritten network), then group-norm pruning
+  (a) metanet:    the meta-trained metanetwork rewrites it, then group-norm pruning, as `metaprune prune`
+                  does (--rewrite-steps adds plain fine-tuning before pruning, the paper's variant)
   (b) group_norm: Torch-Pruning's GroupNormPruner sparse regularization for --sparse-steps, then
                   group-norm pruning (DepGraph's recipe)
   (c) l1:         plain magnitude (L1) pruning
@@ -56,13 +56,22 @@ HEAD_RATIO = {"cnn": 0.0, "vit": 0.5}  # default --head-ratio: CNNs have no head
 
 
 def prepared(
-    method: str, model: torch.nn.Module, metanet: Metanet, train, sparse_steps: int, seed: int
+    method: str,
+    model: torch.nn.Module,
+    metanet: Metanet,
+    train,
+    *,
+    sparse_steps: int,
+    rewrite_steps: int,
+    seed: int,
 ) -> torch.nn.Module:
-    """The network each pipeline prunes: rewritten, sparsified, or as it is."""
+    """The network each pipeline prunes: rewritten (and fine-tuned), sparsified, or as it is."""
     model = copy.deepcopy(model)
     if method == "metanet":
         metanet.rewrite_(model, INPUT_SHAPE)
-    if method in ("metanet", "group_norm") and sparse_steps:
+        if rewrite_steps:
+            finetune(model, train, steps=rewrite_steps, seed=seed, progress=False)
+    elif method == "group_norm" and sparse_steps:
         example = torch.zeros(1, *INPUT_SHAPE[1:])
         sparse_train(model, example, train, steps=sparse_steps, seed=seed, progress=False)
     return model.eval()
@@ -105,7 +114,15 @@ def run(args: argparse.Namespace) -> list[dict]:
         dense, _ = load_member(directory)
         dense_accuracy = accuracy(dense, eval_set)
         for method in METHODS:
-            model = prepared(method, dense, metanet, train, args.sparse_steps, seed)
+            model = prepared(
+                method,
+                dense,
+                metanet,
+                train,
+                sparse_steps=args.sparse_steps,
+                rewrite_steps=args.rewrite_steps,
+                seed=seed,
+            )
             importance = "group_norm" if method in ("metanet", "group_norm") else method
             for speedup in args.speedups:
                 try:
@@ -209,7 +226,18 @@ def main() -> None:
     parser.add_argument("--group-weight", type=float, default=1.0, help="weight of the group penalty (lambda)")
     parser.add_argument("--speedups", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     parser.add_argument("--finetune-steps", type=int, default=100, help="identical for every method")
-    parser.add_argument("--sparse-steps", type=int, default=100, help="GroupNormPruner regularization steps")
+    parser.add_argument(
+        "--sparse-steps",
+        type=int,
+        default=100,
+        help="GroupNormPruner regularization steps of (b) before pruning",
+    )
+    parser.add_argument(
+        "--rewrite-steps",
+        type=int,
+        default=0,
+        help="plain fine-tuning steps of (a) between the rewrite and pruning (default 0: the CLI's pipeline)",
+    )
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
     parser.add_argument(
