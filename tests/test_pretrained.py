@@ -14,7 +14,7 @@ MAX_BYTES = 5 * 2**20  # the issue's limit for package data
 
 
 def test_shipped_hypernetworks_are_listed_and_small():
-    assert {"vit-mnist", "gpt2-pydoc"} <= set(pretrained.available())
+    assert {"vit-mnist", "vit-mnist-tiled", "gpt2-pydoc"} <= set(pretrained.available())
     for name in pretrained.available():
         assert (pretrained.pretrained_dir(name) / "model.safetensors").stat().st_size < MAX_BYTES, name
     with pytest.raises(KeyError, match="shipped: "):
@@ -28,10 +28,13 @@ def test_an_existing_directory_wins_over_a_shipped_name(tmp_path, monkeypatch):
         LoGAH.from_pretrained("vit-mnist")
 
 
-def test_shipped_vit_hypernetwork_beats_random_init_on_a_held_out_vit():
+@pytest.mark.parametrize(("name", "decoder"), [("vit-mnist", "lowrank"), ("vit-mnist-tiled", "tiled")])
+def test_shipped_vit_hypernetworks_beat_random_init_on_a_held_out_vit(name: str, decoder: str):
     arch = get_family("vit").heldout_archs(8)[1]  # the deeper-and-wider group: width 128, never trained on
     task = task_for("vit")
-    predicted = LoGAH.from_pretrained("vit-mnist").eval().predict_(arch.build("meta"), device="cpu")
+    hnet = LoGAH.from_pretrained(name).eval()
+    assert hnet.config.decoder == decoder
+    predicted = hnet.predict_(arch.build("meta"), device="cpu")
     torch.manual_seed(0)
     random = arch.build("cpu")
     assert task.score(predicted) > task.score(random) + 20  # percent; random init sits near 10
