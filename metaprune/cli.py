@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 PASSED, FAILED, BAD_INPUT = 0, 1, 2
+REWRITE_STEPS = 100  # a rewritten ViT pruned without them lost 9 to 16 points against DepGraph (docs/benchmarks.md)
 PRUNE_EXAMPLES = """\
 examples:
   metaprune prune --model net/model.safetensors --config net/model.json --metanet metanet/ \\
@@ -53,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser(
         "prune",
         help="prune a trained model to a FLOPs speed-up, fine-tune it, check the accuracy bound",
-        description="Rewrite a trained model with a metanetwork (optional), remove whole channels until its FLOPs\n"
-        "drop by --speedup (Torch-Pruning's dependency graph keeps residuals and BatchNorm consistent),\n"
-        "fine-tune it for a fixed budget on the embedded MNIST, and compare its accuracy with the original's.",
+        description="Rewrite a trained model with a metanetwork and fine-tune it briefly (optional), remove whole\n"
+        "channels until its FLOPs drop by --speedup (Torch-Pruning's dependency graph keeps residuals and\n"
+        "BatchNorm consistent), fine-tune it for a fixed budget on the embedded MNIST, and compare its accuracy\n"
+        "with the original's.",
         epilog=PRUNE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -74,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="ViTs: fraction of attention heads removed from every layer before channel pruning (default 0)",
+    )
+    prune.add_argument(
+        "--rewrite-steps",
+        type=int,
+        metavar="N",
+        help=f"with --metanet: fine-tuning steps between the rewrite and pruning, for the rewritten network to "
+        f"recover before channels go (default {REWRITE_STEPS})",
     )
     prune.add_argument("--finetune-steps", type=int, default=300, help="optimizer steps after pruning (default 300)")
     prune.add_argument("--lr", type=float, default=0.01, help="peak fine-tuning learning rate, SGD (default 0.01)")
@@ -103,16 +112,24 @@ def run_prune(args: argparse.Namespace) -> int:
         raise BadInput(f"{args.out} already exists; pass --overwrite to replace it")
     if not args.speedup >= 1:
         raise BadInput(f"--speedup must be at least 1, got {args.speedup}")
-    if args.finetune_steps < 0:
-        raise BadInput(f"--finetune-steps must be at least 0, got {args.finetune_steps}")
+    if args.rewrite_steps is not None and not args.metanet:
+        raise BadInput("--rewrite-steps needs --metanet: it fine-tunes the rewritten network")
+    rewrite_steps = (REWRITE_STEPS if args.rewrite_steps is None else args.rewrite_steps) if args.metanet else 0
+    for name, steps in (("--rewrite-steps", rewrite_steps), ("--finetune-steps", args.finetune_steps)):
+        if steps < 0:
+            raise BadInput(f"{name} must be at least 0, got {steps}")
     if not 0 <= args.head_ratio < 1:
         raise BadInput(f"--head-ratio must be in [0, 1), got {args.head_ratio}")
     model, config = _load_model(args.model, args.config)
     example = torch.zeros(1, *INPUT_SHAPE[1:])
     train, eval_set = mnist("train"), mnist("eval")
     before = measure(model, example, eval_set)
+    rewrite_losses = []
     if args.metanet:
         model = _rewrite(model, args.metanet)
+        if rewrite_steps:
+            rewrite_losses = finetune(model, train, steps=rewrite_steps, lr=args.lr, seed=args.seed)
+            model.eval()
     try:
         result = prune(
             model, example, speedup=args.speedup, method=args.method, head_ratio=args.head_ratio, seed=args.seed
@@ -123,6 +140,7 @@ def run_prune(args: argparse.Namespace) -> int:
     losses = (
         finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=args.seed) if args.finetune_steps else []
     )
+    training = {"rewrite": (rewrite_steps, rewrite_losses), "finetune": (args.finetune_steps, losses)}
     after = measure(pruned.eval(), example, eval_set)
     drop = 100 * (before.accuracy - after.accuracy)
     reasons = []
@@ -130,7 +148,7 @@ def run_prune(args: argparse.Namespace) -> int:
         reasons.append(f"speed-up {result.speedup:.2f}x is below the target {args.speedup:.2f}x")
     if drop > args.max_acc_drop:
         reasons.append(f"accuracy dropped {drop:.2f} points, more than --max-acc-drop {args.max_acc_drop}")
-    report = _report(args, result, before, after, drop, losses, reasons)
+    report = _report(args, result, before, after, drop, training, reasons)
     if not reasons:
         write_directory(args.out, pruned_files(pruned, config), overwrite=args.overwrite)
     _write_report(report_path, report)
@@ -183,7 +201,10 @@ def _rewrite(model, metanet_dir: Path):
         raise BadInput(str(err)) from err
 
 
-def _report(args, result, before, after, drop: float, losses: list[float], reasons: list[str]) -> dict[str, Any]:
+def _report(
+    args, result, before, after, drop: float, training: dict[str, tuple[int, list[float]]], reasons: list[str]
+) -> dict[str, Any]:
+    """What was asked, what came out, and the first and last loss of each training phase."""
     return {
         "passed": not reasons,
         "reasons": reasons,
@@ -198,7 +219,10 @@ def _report(args, result, before, after, drop: float, losses: list[float], reaso
         "accuracy_drop": drop,
         "before": before.to_dict(),
         "after": after.to_dict(),
-        "finetune": {"steps": args.finetune_steps, "lr": args.lr, "first_loss": losses[:1], "last_loss": losses[-1:]},
+        **{
+            phase: {"steps": steps, "lr": args.lr, "first_loss": losses[:1], "last_loss": losses[-1:]}
+            for phase, (steps, losses) in training.items()
+        },
         "out": str(args.out) if not reasons else None,
     }
 

@@ -55,13 +55,30 @@ def test_a_missed_accuracy_bound_exits_1_with_the_reason_and_no_model(member, tm
     assert not out.exists()
 
 
-def test_a_fresh_metanet_is_applied_before_pruning(member, tmp_path) -> None:
+@pytest.mark.parametrize(("extra", "rewrite_steps"), [([], 100), (["--rewrite-steps", "10"], 10)])
+def test_a_fresh_metanet_is_applied_and_fine_tuned_before_pruning(member, tmp_path, extra, rewrite_steps) -> None:
     torch.manual_seed(0)
     Metanet().save_pretrained(tmp_path / "metanet")
     out = tmp_path / "pruned"
-    options = ["--metanet", str(tmp_path / "metanet"), "--speedup", "2", "--finetune-steps", "20"]
+    options = ["--metanet", str(tmp_path / "metanet"), "--speedup", "2", "--finetune-steps", "20", *extra]
     assert main(_args(member, out, *options, "--max-acc-drop", "100")) == 0
-    assert json.loads((tmp_path / "report.json").read_text())["metanet"] == str(tmp_path / "metanet")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["metanet"] == str(tmp_path / "metanet")
+    assert report["rewrite"]["steps"] == rewrite_steps and len(report["rewrite"]["last_loss"]) == 1
+    assert report["finetune"]["steps"] == 20
+
+
+def test_without_a_metanet_nothing_is_trained_before_pruning(member, tmp_path) -> None:
+    assert (
+        main(_args(member, tmp_path / "pruned", "--speedup", "2", "--finetune-steps", "0", "--max-acc-drop", "100"))
+        == 0
+    )
+    assert json.loads((tmp_path / "report.json").read_text())["rewrite"] == {
+        "steps": 0,
+        "lr": 0.01,
+        "first_loss": [],
+        "last_loss": [],
+    }
 
 
 def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> None:
@@ -83,7 +100,9 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
     assert math.isclose(accuracy, report["after"]["accuracy"], abs_tol=1e-6)
 
 
-@pytest.mark.parametrize("problem", ["impossible", "heads", "head_ratio", "nan", "mismatch", "corrupt", "exists"])
+@pytest.mark.parametrize(
+    "problem", ["impossible", "heads", "head_ratio", "rewrite", "negative", "nan", "mismatch", "corrupt", "exists"]
+)
 def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_path, capsys, problem) -> None:
     weights, config, speedup = member / "model.safetensors", member / "model.json", "2"
     extra = []
@@ -93,6 +112,11 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
         extra, expected = ["--head-ratio", "0.5"], f"{config}: head_ratio needs a model with timm-style attention"
     elif problem == "head_ratio":
         extra, expected = ["--head-ratio", "1.5"], "--head-ratio must be in [0, 1), got 1.5"
+    elif problem == "rewrite":
+        extra, expected = ["--rewrite-steps", "5"], "--rewrite-steps needs --metanet"
+    elif problem == "negative":
+        extra = ["--metanet", str(tmp_path / "metanet"), "--rewrite-steps", "-1"]
+        expected = "--rewrite-steps must be at least 0, got -1"
     elif problem == "nan":
         state = load_file(weights)
         first = next(iter(state))

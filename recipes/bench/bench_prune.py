@@ -3,8 +3,8 @@
 At each FLOPs speed-up, every held-out member of the population is pruned four ways, then fine-tuned
 with the same budget:
 
-  (a) metanet:    the meta-trained metanetwork rewrites it, then group-norm pruning, as `metaprune prune`
-                  does (--rewrite-steps adds plain fine-tuning before pruning, the paper's variant)
+  (a) metanet:    the meta-trained metanetwork rewrites it, then --rewrite-steps of plain fine-tuning (as
+                  many as (b)'s --sparse-steps unless given), then group-norm pruning: `metaprune prune`
   (b) group_norm: Torch-Pruning's GroupNormPruner sparse regularization for --sparse-steps, then
                   group-norm pruning (DepGraph's recipe)
   (c) l1:         plain magnitude (L1) pruning
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 metanet,
                 train,
                 sparse_steps=args.sparse_steps,
-                rewrite_steps=args.rewrite_steps,
+                rewrite_steps=args.sparse_steps if args.rewrite_steps is None else args.rewrite_steps,
                 seed=seed,
             )
             importance = "group_norm" if method in ("metanet", "group_norm") else method
@@ -235,8 +235,7 @@ def main() -> None:
     parser.add_argument(
         "--rewrite-steps",
         type=int,
-        default=0,
-        help="plain fine-tuning steps of (a) between the rewrite and pruning (default 0: the CLI's pipeline)",
+        help="plain fine-tuning steps of (a) between the rewrite and pruning (default: --sparse-steps)",
     )
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
