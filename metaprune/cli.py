@@ -114,7 +114,9 @@ def run_prune(args: argparse.Namespace) -> int:
         raise BadInput(f"--speedup must be at least 1, got {args.speedup}")
     if args.rewrite_steps is not None and not args.metanet:
         raise BadInput("--rewrite-steps needs --metanet: it fine-tunes the rewritten network")
-    rewrite_steps = (REWRITE_STEPS if args.rewrite_steps is None else args.rewrite_steps) if args.metanet else 0
+    rewrite_steps = 0
+    if args.metanet:
+        rewrite_steps = REWRITE_STEPS if args.rewrite_steps is None else args.rewrite_steps
     for name, steps in (("--rewrite-steps", rewrite_steps), ("--finetune-steps", args.finetune_steps)):
         if steps < 0:
             raise BadInput(f"{name} must be at least 0, got {steps}")

@@ -240,7 +240,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="seeds of sparse training, pruning and fine-tuning"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds of the training before pruning, pruning and fine-tuning",
     )
     args = parser.parse_args()
     args.work = args.work or Path("runs/prune") / args.population
