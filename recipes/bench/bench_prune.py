@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 metanet,
                 train,
                 sparse_steps=args.sparse_steps,
-                rewrite_steps=args.sparse_steps if args.rewrite_steps is None else args.rewrite_steps,
+                rewrite_steps=args.rewrite_steps,
                 seed=seed,
             )
             importance = "group_norm" if method in ("metanet", "group_norm") else method
@@ -248,6 +248,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.work = args.work or Path("runs/prune") / args.population
+    args.rewrite_steps = args.sparse_steps if args.rewrite_steps is None else args.rewrite_steps
     args.out = args.out or args.work / "bench"
     args.head_ratio = HEAD_RATIO[args.population] if args.head_ratio is None else args.head_ratio
     torch.set_num_threads(1)  # small networks: one thread is fastest and timings stay comparable
