@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --metanet: fine-tuning steps between the rewrite and pruning, for the rewritten network to "
         f"recover before channels go (default {REWRITE_STEPS})",
     )
+    prune.add_argument(
+        "--rewrite-strength",
+        type=float,
+        metavar="S",
+        help="with --metanet: apply W + S * (rewrite - W), S in [0, 1] (default: the strength the metanetwork's "
+        "strengths.json gives this speed-up, else 1)",
+    )
     prune.add_argument("--finetune-steps", type=int, default=300, help="optimizer steps after pruning (default 300)")
     prune.add_argument("--lr", type=float, default=0.01, help="peak fine-tuning learning rate, SGD (default 0.01)")
     prune.add_argument("--max-acc-drop", type=float, default=1.0, help="allowed accuracy drop in points (default 1.0)")
@@ -112,8 +119,11 @@ def run_prune(args: argparse.Namespace) -> int:
         raise BadInput(f"{args.out} already exists; pass --overwrite to replace it")
     if not args.speedup >= 1:
         raise BadInput(f"--speedup must be at least 1, got {args.speedup}")
-    if args.rewrite_steps is not None and not args.metanet:
-        raise BadInput("--rewrite-steps needs --metanet: it fine-tunes the rewritten network")
+    for name, value in (("--rewrite-steps", args.rewrite_steps), ("--rewrite-strength", args.rewrite_strength)):
+        if value is not None and not args.metanet:
+            raise BadInput(f"{name} needs --metanet: it is about the rewritten network")
+    if args.rewrite_strength is not None and not 0 <= args.rewrite_strength <= 1:
+        raise BadInput(f"--rewrite-strength must be in [0, 1], got {args.rewrite_strength}")
     rewrite_steps = 0
     if args.metanet:
         rewrite_steps = REWRITE_STEPS if args.rewrite_steps is None else args.rewrite_steps
@@ -126,9 +136,10 @@ def run_prune(args: argparse.Namespace) -> int:
     example = torch.zeros(1, *INPUT_SHAPE[1:])
     train, eval_set = mnist("train"), mnist("eval")
     before = measure(model, example, eval_set)
-    rewrite_losses = []
+    rewrite_losses, strength = [], None
     if args.metanet:
-        model = _rewrite(model, args.metanet)
+        strength = _rewrite_strength(args.metanet, args.speedup, args.rewrite_strength)
+        model = _rewrite(model, args.metanet, strength)
         if rewrite_steps:
             rewrite_losses = finetune(model, train, steps=rewrite_steps, lr=args.lr, seed=args.seed)
             model.eval()
@@ -150,7 +161,7 @@ def run_prune(args: argparse.Namespace) -> int:
         reasons.append(f"speed-up {result.speedup:.2f}x is below the target {args.speedup:.2f}x")
     if drop > args.max_acc_drop:
         reasons.append(f"accuracy dropped {drop:.2f} points, more than --max-acc-drop {args.max_acc_drop}")
-    report = _report(args, result, before, after, drop, training, reasons)
+    report = _report(args, result, before, after, drop, training, reasons, strength)
     if not reasons:
         write_directory(args.out, pruned_files(pruned, config), overwrite=args.overwrite)
     _write_report(report_path, report)
@@ -190,21 +201,41 @@ def _load_model(weights: Path, config_path: Path):
     return model.eval(), config
 
 
-def _rewrite(model, metanet_dir: Path):
-    """The model with the metanetwork's rewritten weights loaded in."""
+def _rewrite_strength(metanet_dir: Path, speedup: float, given: float | None) -> float:
+    """``given``, else the metanetwork's calibrated strength for ``speedup``, else the full rewrite."""
+    from metaprune.strength import Calibration
+
+    if given is not None:
+        return given
+    try:
+        calibration = Calibration.load(metanet_dir)
+    except ValueError as err:
+        raise BadInput(str(err)) from err
+    return 1.0 if calibration is None else calibration.strength(speedup)
+
+
+def _rewrite(model, metanet_dir: Path, strength: float):
+    """The model with the metanetwork's rewritten weights loaded in, ``strength`` of the way."""
     from hypernets.checkpoint import CheckpointError
     from hypernets.graph import GraphConversionError
     from metaprune.metanet import Metanet
     from metaprune.population import INPUT_SHAPE
 
     try:
-        return Metanet.from_pretrained(metanet_dir).eval().rewrite_(model, INPUT_SHAPE)
+        return Metanet.from_pretrained(metanet_dir).eval().rewrite_(model, INPUT_SHAPE, strength=strength)
     except (CheckpointError, GraphConversionError) as err:
         raise BadInput(str(err)) from err
 
 
 def _report(
-    args, result, before, after, drop: float, training: dict[str, tuple[int, list[float]]], reasons: list[str]
+    args,
+    result,
+    before,
+    after,
+    drop: float,
+    training: dict[str, tuple[int, list[float]]],
+    reasons: list[str],
+    strength: float | None,
 ) -> dict[str, Any]:
     """What was asked, what came out, and the first and last loss of each training phase."""
     return {
@@ -213,6 +244,7 @@ def _report(
         "model": str(args.model),
         "config": str(args.config),
         "metanet": str(args.metanet) if args.metanet else None,
+        "rewrite_strength": strength,
         "method": args.method,
         "head_ratio": args.head_ratio,
         "target": {"speedup": args.speedup, "max_acc_drop": args.max_acc_drop},

@@ -158,17 +158,21 @@ class Metanet(nn.Module):
         return transformed_state(self, to_neuron_graph(model, inputs))
 
     @torch.no_grad()
-    def rewrite_(self, model: nn.Module, inputs: Inputs = None) -> nn.Module:
+    def rewrite_(self, model: nn.Module, inputs: Inputs = None, strength: float = 1.0) -> nn.Module:
         """Load the rewritten parameters into ``model`` in place (the inference path of pruning).
 
+        ``strength`` applies part of the rewrite, ``W + strength * (M(W) - W)``: 1 is the metanetwork's output,
+        0 leaves the model as it was (see :mod:`metaprune.strength` for choosing it per speed-up).
         Batch-norm running statistics stay as they were, and no longer match the rewritten weights: the
         metanetwork is trained for networks whose statistics are re-estimated before use
         (:func:`metaprune.finetune.recalibrate_batchnorm`), as ``metaprune prune`` does after pruning.
         """
+        if not 0 <= strength <= 1:
+            raise ValueError(f"rewrite strength must be in [0, 1], got {strength}")
         rewritten = self.transform(model, inputs)
         state = model.state_dict()
         for name, value in rewritten.items():
-            state[name].copy_(value)
+            state[name].lerp_(value.to(state[name].dtype), strength)  # exactly the output at 1, the input at 0
         return model
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -152,3 +152,23 @@ def test_rewrite_in_place_loads_exactly_what_transform_returns() -> None:
     for name, value in expected.items():
         assert torch.equal(state[name], value), name
     assert not torch.equal(state["0.weight"], original["0.weight"])
+
+
+def test_a_partial_rewrite_lies_on_the_line_from_the_input_to_the_full_rewrite() -> None:
+    from hypernets.zoo import small_cnn
+
+    torch.manual_seed(0)
+    model = small_cnn(channels=(4, 8)).eval()
+    metanet = Metanet(residual_scale=0.5)
+    full = {k: v.detach().clone() for k, v in metanet.transform(model, MNIST).items()}
+    for strength in (0.0, 0.25, 1.0):
+        copy = small_cnn(channels=(4, 8)).eval()
+        copy.load_state_dict(model.state_dict())
+        state = metanet.rewrite_(copy, MNIST, strength=strength).state_dict()
+        for name, value in full.items():
+            expected = model.state_dict()[name] + strength * (value - model.state_dict()[name])
+            assert torch.allclose(state[name], expected, atol=1e-6), (strength, name)
+        if strength == 0.0:
+            assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="rewrite strength must be in"):
+        metanet.rewrite_(model, MNIST, strength=1.5)

@@ -14,6 +14,7 @@ from metaprune.measure import count_macs_params
 from metaprune.metanet import Metanet
 from metaprune.population import INPUT_SHAPE, build_population, mnist, population_specs
 from metaprune.store import load_pruned
+from metaprune.strength import Budget, Calibration
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,20 @@ def test_a_fresh_metanet_is_applied_and_fine_tuned_before_pruning(member, tmp_pa
     assert report["finetune"]["steps"] == 20
 
 
+@pytest.mark.parametrize("given", [None, "0.25"])
+def test_the_rewrite_strength_is_the_calibrated_one_unless_given(member, tmp_path, given) -> None:
+    torch.manual_seed(0)
+    Metanet().save_pretrained(tmp_path / "metanet")
+    calibration = Calibration((1.5, 3.0), (0.0, 1.0), (0.0, 1.0), ((0.9, 0.8), (0.5, 0.6)), Budget())
+    calibration.save(tmp_path / "metanet")
+    options = ["--metanet", str(tmp_path / "metanet"), "--speedup", "2", "--rewrite-steps", "0"]
+    options += ["--finetune-steps", "0", "--max-acc-drop", "100"] + (["--rewrite-strength", given] if given else [])
+    assert main(_args(member, tmp_path / "pruned", *options)) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    expected = float(given) if given else calibration.strength(2.0)
+    assert 0 < expected < 1 and report["rewrite_strength"] == pytest.approx(expected)
+
+
 def test_without_a_metanet_nothing_is_trained_before_pruning(member, tmp_path) -> None:
     assert (
         main(_args(member, tmp_path / "pruned", "--speedup", "2", "--finetune-steps", "0", "--max-acc-drop", "100"))
@@ -101,7 +116,20 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
 
 
 @pytest.mark.parametrize(
-    "problem", ["impossible", "heads", "head_ratio", "rewrite", "negative", "nan", "mismatch", "corrupt", "exists"]
+    "problem",
+    [
+        "impossible",
+        "heads",
+        "head_ratio",
+        "rewrite",
+        "negative",
+        "strength",
+        "strength_range",
+        "nan",
+        "mismatch",
+        "corrupt",
+        "exists",
+    ],
 )
 def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_path, capsys, problem) -> None:
     weights, config, speedup = member / "model.safetensors", member / "model.json", "2"
@@ -117,6 +145,11 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
     elif problem == "negative":
         extra = ["--metanet", str(tmp_path / "metanet"), "--rewrite-steps", "-1"]
         expected = "--rewrite-steps must be at least 0, got -1"
+    elif problem == "strength":
+        extra, expected = ["--rewrite-strength", "0.5"], "--rewrite-strength needs --metanet"
+    elif problem == "strength_range":
+        extra = ["--metanet", str(tmp_path / "metanet"), "--rewrite-strength", "1.5"]
+        expected = "--rewrite-strength must be in [0, 1], got 1.5"
     elif problem == "nan":
         state = load_file(weights)
         first = next(iter(state))

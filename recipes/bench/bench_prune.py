@@ -3,8 +3,10 @@
 At each FLOPs speed-up, every held-out member of the population is pruned four ways, then fine-tuned
 with the same budget:
 
-  (a) metanet:    the meta-trained metanetwork rewrites it, then --rewrite-steps of plain fine-tuning (as
-                  many as (b)'s --sparse-steps unless given), then group-norm pruning: `metaprune prune`
+  (a) metanet:    the meta-trained metanetwork rewrites it, with the strength calibrated for the speed-up on
+                  --validation members (0: no rewrite, 1: all of it; metaprune.strength), then --rewrite-steps
+                  of plain fine-tuning (as many as (b)'s --sparse-steps unless given), then group-norm
+                  pruning: `metaprune prune`
   (b) group_norm: Torch-Pruning's GroupNormPruner sparse regularization for --sparse-steps, then
                   group-norm pruning (DepGraph's recipe)
   (c) l1:         plain magnitude (L1) pruning
@@ -42,16 +44,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from metaprune.finetune import finetune, recalibrate_batchnorm
 from metaprune.measure import accuracy
 from metaprune.metanet import Metanet
 from metaprune.metatrain import TRAIN_CONFIG_FILE, MetaTrainConfig, train_metanet
 from metaprune.objective import PENALTIES, ObjectiveConfig
 from metaprune.population import INPUT_SHAPE, POPULATIONS, build_population, load_member, mnist, population_specs
-from metaprune.prune import ImpossibleTargetError, prune, sparse_train
+from metaprune.prune import ImpossibleTargetError, sparse_train
+from metaprune.strength import CALIBRATION_FILE, Budget, Calibration, calibrate, pruned_and_finetuned, rewritten
 
 METHODS = ("metanet", "group_norm", "l1", "random")
 HELD_OUT_SEED = 1000  # held-out members are seeded far from the training ones
+VALIDATION_SEED = 2000  # and the validation members that calibrate the rewrite strength from both
 HEAD_RATIO = {"cnn": 0.0, "vit": 0.5}  # default --head-ratio: CNNs have no heads
 
 
@@ -61,20 +64,52 @@ def prepared(
     metanet: Metanet,
     train,
     *,
+    strength: float,
+    budget: Budget,
     sparse_steps: int,
-    rewrite_steps: int,
     seed: int,
 ) -> torch.nn.Module:
     """The network each pipeline prunes: rewritten (and fine-tuned), sparsified, or as it is."""
-    model = copy.deepcopy(model)
     if method == "metanet":
-        metanet.rewrite_(model, INPUT_SHAPE)
-        if rewrite_steps:
-            finetune(model, train, steps=rewrite_steps, seed=seed, progress=False)
-    elif method == "group_norm" and sparse_steps:
+        return rewritten(model, metanet, strength, train, budget=budget, seed=seed)
+    model = copy.deepcopy(model)
+    if method == "group_norm" and sparse_steps:
         example = torch.zeros(1, *INPUT_SHAPE[1:])
         sparse_train(model, example, train, steps=sparse_steps, seed=seed, progress=False)
     return model.eval()
+
+
+def rewrite_strengths(args: argparse.Namespace, metanet: Metanet, metanet_dir: Path, budget: Budget, train, eval_set):
+    """Speed-up -> rewrite strength of (a): --rewrite-strength, else calibrated on validation members (cached
+    beside the metanetwork, and checked to hold for this budget)."""
+    if args.rewrite_strength is not None:
+        return lambda speedup: args.rewrite_strength
+    calibration = Calibration.load(metanet_dir)
+    if calibration is None:
+        validation = build_population(
+            args.work / "validation",
+            population_specs(args.validation, args.train_steps, seed=VALIDATION_SEED, population=args.population),
+        )
+        print(f"calibrating the rewrite strength on {len(validation)} validation members")
+        members = [load_member(directory)[0] for directory in validation]
+        calibration = calibrate(metanet, members, args.speedups, train, eval_set, budget=budget)
+        calibration.save(metanet_dir)
+    if calibration.budget != budget:
+        raise SystemExit(
+            f"{metanet_dir / CALIBRATION_FILE} was calibrated for {calibration.budget}, not {budget}; "
+            "delete it to calibrate again, or pass --rewrite-strength"
+        )
+    print(calibration_table(calibration))
+    return calibration.strength
+
+
+def calibration_table(calibration: Calibration) -> str:
+    """Mean validation accuracy (%) after pruning and fine-tuning, per speed-up and candidate strength."""
+    header = "| speed-up | " + " | ".join(f"strength {c:g}" for c in calibration.candidates) + " | chosen |"
+    lines = [header, "|---|" + "---:|" * (len(calibration.candidates) + 1)]
+    for speedup, row, chosen in zip(calibration.speedups, calibration.accuracy, calibration.strengths, strict=True):
+        lines.append(f"| {speedup:g}x | " + " | ".join(f"{100 * a:.2f}" for a in row) + f" | {chosen:g} |")
+    return "\n".join(lines)
 
 
 def check_cached_objective(metanet_dir: Path, objective: ObjectiveConfig) -> None:
@@ -107,46 +142,39 @@ def run(args: argparse.Namespace) -> list[dict]:
     check_cached_objective(metanet_dir, objective)
     metanet = Metanet.from_pretrained(metanet_dir).eval()
     train, eval_set = mnist("train"), mnist("eval")
-    example = torch.zeros(1, *INPUT_SHAPE[1:])
+    budget = Budget(args.rewrite_steps, args.finetune_steps, args.lr, args.head_ratio)
+    strength_at = rewrite_strengths(args, metanet, metanet_dir, budget, train, eval_set)
     rows = []
     print(f"{len(train_pop)} training members, {len(held_out)} held out")
     for seed, directory in itertools.product(args.seeds, held_out):
         dense, _ = load_member(directory)
         dense_accuracy = accuracy(dense, eval_set)
         for method in METHODS:
-            model = prepared(
-                method,
-                dense,
-                metanet,
-                train,
-                sparse_steps=args.sparse_steps,
-                rewrite_steps=args.rewrite_steps,
-                seed=seed,
-            )
             importance = "group_norm" if method in ("metanet", "group_norm") else method
+            models = {}  # what this method prunes, by rewrite strength (one for the methods without a rewrite)
             for speedup in args.speedups:
+                strength = strength_at(speedup) if method == "metanet" else None
+                if strength not in models:
+                    models[strength] = prepared(
+                        method,
+                        dense,
+                        metanet,
+                        train,
+                        strength=strength,
+                        budget=budget,
+                        sparse_steps=args.sparse_steps,
+                        seed=seed,
+                    )
                 try:
-                    result = prune(
-                        model, example, speedup=speedup, method=importance, head_ratio=args.head_ratio, seed=seed
+                    result = pruned_and_finetuned(
+                        models[strength], speedup, train, eval_set, method=importance, budget=budget, seed=seed
                     )
                 except ImpossibleTargetError as err:
                     print(f"  {directory.name} {method} {speedup}x: {err}")
                     continue
-                pruned = recalibrate_batchnorm(result.model, train, seed=seed)
-                pruned_accuracy = accuracy(pruned, eval_set)
-                finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=seed, progress=False)
-                row = {
-                    "seed": seed,
-                    "member": directory.name,
-                    "method": method,
-                    "target": speedup,
-                    "speedup": result.speedup,
-                    "dense": dense_accuracy,
-                    "pruned": pruned_accuracy,
-                    "finetuned": accuracy(pruned.eval(), eval_set),
-                }
-                rows.append(row)
-                scores = f"{pruned_accuracy:.3f} -> {row['finetuned']:.3f}"
+                row = {"seed": seed, "member": directory.name, "method": method, "target": speedup}
+                rows.append(row | {"strength": strength, "dense": dense_accuracy} | result)
+                scores = f"{result['pruned']:.3f} -> {result['finetuned']:.3f}"
                 print(f"  seed {seed} {directory.name} {method:10} {speedup}x: {scores}")
     return rows
 
@@ -164,6 +192,7 @@ def table(rows: list[dict], speedups: list[float]) -> str:
                 cells.append(f"{100 * statistics.mean(r[key] for r in chosen):.2f}" if chosen else "n/a")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     gains = [f"{s:g}x {_gain(rows, s)}" for s in speedups]
+    strengths = {r["target"]: r["strength"] for r in rows if r["method"] == "metanet"}
     dense = statistics.mean({r["member"]: r["dense"] for r in rows}.values())
     seeds = len({r["seed"] for r in rows})
     return "\n".join(
@@ -171,6 +200,7 @@ def table(rows: list[dict], speedups: list[float]) -> str:
             *lines,
             "",
             f"metanet - group_norm after fine-tuning ({seeds} seed(s)): " + ", ".join(gains),
+            "rewrite strength of (a): " + ", ".join(f"{s:g}x {strengths[s]:.2f}" for s in speedups if s in strengths),
             f"dense accuracy (mean over held-out members): {100 * dense:.2f}%",
         ]
     )
@@ -237,6 +267,13 @@ def main() -> None:
         type=int,
         help="plain fine-tuning steps of (a) between the rewrite and pruning (default: --sparse-steps)",
     )
+    parser.add_argument(
+        "--rewrite-strength",
+        type=float,
+        help="fraction of the rewrite (a) applies at every speed-up (default: calibrated per speed-up on --validation "
+        "members and cached beside the metanetwork)",
+    )
+    parser.add_argument("--validation", type=int, default=4, help="members that calibrate the rewrite strength")
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
     parser.add_argument(
