@@ -64,12 +64,12 @@ def prepared(
     metanet: Metanet,
     train,
     *,
-    strength: float,
+    strength: float | None,
     budget: Budget,
     sparse_steps: int,
     seed: int,
 ) -> torch.nn.Module:
-    """The network each pipeline prunes: rewritten (and fine-tuned), sparsified, or as it is."""
+    """The network each pipeline prunes: rewritten ``strength`` of the way (and fine-tuned), sparsified, or as it is."""
     if method == "metanet":
         return rewritten(model, metanet, strength, train, budget=budget, seed=seed)
     model = copy.deepcopy(model)
