@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -57,12 +58,7 @@ class Calibration:
     def strength(self, speedup: float) -> float:
         """The calibrated strength, linear in log speed-up between calibrated ones, the nearest one outside."""
         points = [math.log(s) for s in self.speedups]
-        x = min(max(math.log(speedup), points[0]), points[-1])
-        for i in range(len(points) - 1):
-            if x <= points[i + 1]:
-                t = (x - points[i]) / (points[i + 1] - points[i])
-                return self.strengths[i] + t * (self.strengths[i + 1] - self.strengths[i])
-        return self.strengths[-1]
+        return float(np.interp(math.log(speedup), points, self.strengths))  # np.interp holds the end values outside
 
     def save(self, directory: str | os.PathLike) -> None:
         (Path(directory) / CALIBRATION_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
