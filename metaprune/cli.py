@@ -13,7 +13,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from metaprune.strength import Budget
 
 PASSED, FAILED, BAD_INPUT = 0, 1, 2
 REWRITE_STEPS = 100  # a rewritten ViT pruned without them lost 9 to 16 points against DepGraph (docs/benchmarks.md)
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="S",
         help="with --metanet: apply W + S * (rewrite - W), S in [0, 1] (default: the strength the metanetwork's "
-        "strengths.json gives this speed-up, else 1)",
+        "strengths.json gives this speed-up and the model's family, else 1)",
     )
     prune.add_argument("--finetune-steps", type=int, default=300, help="optimizer steps after pruning (default 300)")
     prune.add_argument("--lr", type=float, default=0.01, help="peak fine-tuning learning rate, SGD (default 0.01)")
@@ -113,6 +116,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from metaprune.population import INPUT_SHAPE, mnist
     from metaprune.prune import prune
     from metaprune.store import pruned_files, write_directory
+    from metaprune.strength import Budget
 
     report_path = args.report or args.out.parent / "report.json"
     if args.out.exists() and not args.overwrite:
@@ -138,7 +142,8 @@ def run_prune(args: argparse.Namespace) -> int:
     before = measure(model, example, eval_set)
     rewrite_losses, strength = [], None
     if args.metanet:
-        strength = _rewrite_strength(args.metanet, args.speedup, args.rewrite_strength)
+        budget = Budget(rewrite_steps, args.finetune_steps, args.lr, args.head_ratio)
+        strength = _rewrite_strength(args.metanet, args.speedup, config.get("family"), budget, args.rewrite_strength)
         model = _rewrite(model, args.metanet, strength)
         if rewrite_steps:
             rewrite_losses = finetune(model, train, steps=rewrite_steps, lr=args.lr, seed=args.seed)
@@ -201,9 +206,12 @@ def _load_model(weights: Path, config_path: Path):
     return model.eval(), config
 
 
-def _rewrite_strength(metanet_dir: Path, speedup: float, given: float | None) -> float:
-    """``given``, else the metanetwork's calibrated strength for ``speedup``, else the full rewrite."""
-    from metaprune.strength import Calibration
+def _rewrite_strength(
+    metanet_dir: Path, speedup: float, family: str | None, budget: Budget, given: float | None
+) -> float:
+    """``given``, else the metanetwork's calibrated strength for ``speedup`` and ``family`` (with a note when it
+    was calibrated for another training budget), else the full rewrite."""
+    from metaprune.strength import CALIBRATION_FILE, Calibration
 
     if given is not None:
         return given
@@ -211,7 +219,15 @@ def _rewrite_strength(metanet_dir: Path, speedup: float, given: float | None) ->
         calibration = Calibration.load(metanet_dir)
     except ValueError as err:
         raise BadInput(str(err)) from err
-    return 1.0 if calibration is None else calibration.strength(speedup)
+    if calibration is None:
+        return 1.0
+    if calibration.budget != budget:
+        print(
+            f"note: {metanet_dir / CALIBRATION_FILE} was calibrated for {calibration.budget}, this run is "
+            f"{budget}; pass --rewrite-strength to choose the strength yourself",
+            file=sys.stderr,
+        )
+    return calibration.strength(speedup, family)
 
 
 def _rewrite(model, metanet_dir: Path, strength: float):

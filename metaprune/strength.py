@@ -4,8 +4,10 @@ A full rewrite concentrates a network's weight mass in few channels. At 4x and 8
 prune well; at 2x its cost wins instead: the rewrite changes the function, a short fine-tuning does not
 quite restore it, and the pruned ResNets ended 0.3 to 1.4 points behind DepGraph on every seed
 (docs/benchmarks.md). So the rewrite is applied partly, ``W + s * (M(W) - W)``, with a strength ``s``
-chosen per speed-up by :func:`calibrate` on validation networks: the strength whose pruned and
-fine-tuned networks end most accurate on average.
+chosen per speed-up and architecture family by :func:`calibrate` on validation networks: the strength whose
+pruned and fine-tuned networks end most accurate on average. Per family, because the rewrite does not cost
+every family alike: pooled over families, the ResNets (where the 2x cost lives) were outvoted by networks
+the rewrite hardly changes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .prune import Method, prune
 
 CALIBRATION_FILE = "strengths.json"
 STRENGTHS = (0.0, 0.5, 1.0)
+POOLED = "all"  # the calibration over every family: what a family without validation networks gets
 
 
 @dataclass(frozen=True)
@@ -46,19 +49,25 @@ class Budget:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Rewrite strength per speed-up, increasing speed-ups; ``accuracy[i][j]``: mean accuracy after fine-tuning
-    at ``speedups[i]`` with strength ``candidates[j]``."""
+    """Rewrite strength per family (and :data:`POOLED`) and speed-up, increasing speed-ups.
+
+    ``strengths[family][i]``: the strength at ``speedups[i]``; ``accuracy[family][i][j]``: mean accuracy after
+    fine-tuning at ``speedups[i]`` with strength ``candidates[j]``, over ``members[family]`` networks.
+    """
 
     speedups: tuple[float, ...]
-    strengths: tuple[float, ...]
     candidates: tuple[float, ...]
-    accuracy: tuple[tuple[float, ...], ...]
+    strengths: dict[str, tuple[float, ...]]
+    accuracy: dict[str, tuple[tuple[float, ...], ...]]
+    members: dict[str, int]
     budget: Budget
 
-    def strength(self, speedup: float) -> float:
-        """The calibrated strength, linear in log speed-up between calibrated ones, the nearest one outside."""
+    def strength(self, speedup: float, family: str | None = None) -> float:
+        """The calibrated strength for ``family`` (the pooled one when it was not calibrated), linear in log
+        speed-up between calibrated speed-ups, the nearest one's outside."""
+        strengths = self.strengths.get(family, self.strengths[POOLED])
         points = [math.log(s) for s in self.speedups]
-        return float(np.interp(math.log(speedup), points, self.strengths))  # np.interp holds the end values outside
+        return float(np.interp(math.log(speedup), points, strengths))  # np.interp holds the end values outside
 
     def save(self, directory: str | os.PathLike) -> None:
         (Path(directory) / CALIBRATION_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -71,15 +80,19 @@ class Calibration:
             return None
         try:
             data = json.loads(path.read_text())
-            return cls(
+            calibration = cls(
                 speedups=tuple(data["speedups"]),
-                strengths=tuple(data["strengths"]),
                 candidates=tuple(data["candidates"]),
-                accuracy=tuple(tuple(row) for row in data["accuracy"]),
+                strengths={family: tuple(row) for family, row in data["strengths"].items()},
+                accuracy={family: tuple(map(tuple, rows)) for family, rows in data["accuracy"].items()},
+                members=dict(data["members"]),
                 budget=Budget(**data["budget"]),
             )
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a rewrite-strength calibration: {err}") from err
+            if POOLED not in calibration.strengths:
+                raise KeyError(POOLED)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path}: not a rewrite-strength calibration (calibrate again): {err!r}") from err
+        return calibration
 
 
 def rewritten(
@@ -116,7 +129,7 @@ def pruned_and_finetuned(
 
 def calibrate(
     metanet: Metanet,
-    members: Sequence[nn.Module],
+    members: Sequence[tuple[str, nn.Module]],
     speedups: Sequence[float],
     train: Dataset,
     eval_set: Dataset,
@@ -125,22 +138,30 @@ def calibrate(
     budget: Budget = Budget(),
     seed: int = 0,
 ) -> Calibration:
-    """Per speed-up, the candidate strength with the best mean accuracy after pruning and fine-tuning
-    ``members`` (networks the metanetwork was not trained on; ties go to the weaker rewrite)."""
+    """Per family of ``members`` (``(family, network)`` pairs the metanetwork was not trained on), and pooled
+    over all of them, the candidate strength with the best mean accuracy after pruning and fine-tuning at each
+    speed-up (ties go to the weaker rewrite)."""
     if not members:
         raise ValueError("calibration needs at least one validation network")
     if any(not 0 <= c <= 1 for c in candidates):
         raise ValueError(f"rewrite strengths must be in [0, 1], got {list(candidates)}")
     speedups = sorted(speedups)
-    scores = [[[] for _ in candidates] for _ in speedups]
-    for model in members:
+    scores: dict[str, list[list[list[float]]]] = {}  # family -> speed-up -> candidate -> accuracies
+    for family, model in members:
+        for group in (family, POOLED):
+            scores.setdefault(group, [[[] for _ in candidates] for _ in speedups])
         for j, strength in enumerate(candidates):
             prepared = rewritten(model, metanet, strength, train, budget=budget, seed=seed)
             for i, speedup in enumerate(speedups):
                 result = pruned_and_finetuned(
                     prepared, speedup, train, eval_set, method="group_norm", budget=budget, seed=seed
                 )
-                scores[i][j].append(result["finetuned"])
-    means = tuple(tuple(statistics.mean(s) for s in row) for row in scores)
-    best = tuple(candidates[max(range(len(candidates)), key=lambda j: (row[j], -candidates[j]))] for row in means)
-    return Calibration(tuple(speedups), best, tuple(candidates), means, budget)
+                for group in (family, POOLED):
+                    scores[group][i][j].append(result["finetuned"])
+    accuracy = {group: tuple(tuple(statistics.mean(s) for s in row) for row in rows) for group, rows in scores.items()}
+    strengths = {
+        group: tuple(candidates[max(range(len(candidates)), key=lambda j: (row[j], -candidates[j]))] for row in means)
+        for group, means in accuracy.items()
+    }
+    counts = {group: len(rows[0][0]) for group, rows in scores.items()}
+    return Calibration(tuple(speedups), tuple(candidates), strengths, accuracy, counts, budget)

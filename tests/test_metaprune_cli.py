@@ -14,7 +14,7 @@ from metaprune.measure import count_macs_params
 from metaprune.metanet import Metanet
 from metaprune.population import INPUT_SHAPE, build_population, mnist, population_specs
 from metaprune.store import load_pruned
-from metaprune.strength import Budget, Calibration
+from metaprune.strength import POOLED, Budget, Calibration
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +70,28 @@ def test_a_fresh_metanet_is_applied_and_fine_tuned_before_pruning(member, tmp_pa
 
 
 @pytest.mark.parametrize("given", [None, "0.25"])
-def test_the_rewrite_strength_is_the_calibrated_one_unless_given(member, tmp_path, given) -> None:
+def test_the_rewrite_strength_is_the_calibrated_one_unless_given(member, tmp_path, capsys, given) -> None:
     torch.manual_seed(0)
     Metanet().save_pretrained(tmp_path / "metanet")
-    calibration = Calibration((1.5, 3.0), (0.0, 1.0), (0.0, 1.0), ((0.9, 0.8), (0.5, 0.6)), Budget())
+    family = json.loads((member / "model.json").read_text())["family"]
+    accuracy = ((0.9, 0.8), (0.5, 0.6))
+    calibration = Calibration(
+        speedups=(1.5, 3.0),
+        candidates=(0.0, 1.0),
+        strengths={POOLED: (0.0, 0.0), family: (0.0, 1.0)},  # the pooled strength would be 0
+        accuracy={POOLED: accuracy, family: accuracy},
+        members={POOLED: 2, family: 1},
+        budget=Budget(),
+    )
     calibration.save(tmp_path / "metanet")
     options = ["--metanet", str(tmp_path / "metanet"), "--speedup", "2", "--rewrite-steps", "0"]
     options += ["--finetune-steps", "0", "--max-acc-drop", "100"] + (["--rewrite-strength", given] if given else [])
     assert main(_args(member, tmp_path / "pruned", *options)) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    expected = float(given) if given else calibration.strength(2.0)
+    expected = float(given) if given else calibration.strength(2.0, family)
     assert 0 < expected < 1 and report["rewrite_strength"] == pytest.approx(expected)
+    note = "strengths.json was calibrated for Budget(rewrite_steps=100, finetune_steps=100"  # this run: 0 and 0
+    assert (note in capsys.readouterr().err) == (given is None)
 
 
 def test_without_a_metanet_nothing_is_trained_before_pruning(member, tmp_path) -> None:

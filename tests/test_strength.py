@@ -8,13 +8,14 @@ import math
 import pytest
 
 from metaprune import strength as strength_module
-from metaprune.strength import CALIBRATION_FILE, Budget, Calibration, calibrate
+from metaprune.strength import CALIBRATION_FILE, POOLED, Budget, Calibration, calibrate
 
 CALIBRATION = Calibration(
     speedups=(2.0, 8.0),
-    strengths=(0.0, 1.0),
     candidates=(0.0, 0.5, 1.0),
-    accuracy=((0.9, 0.8, 0.7), (0.3, 0.4, 0.5)),
+    strengths={POOLED: (0.0, 1.0), "cifar_resnet": (0.0, 0.5)},
+    accuracy={POOLED: ((0.9, 0.8, 0.7), (0.3, 0.4, 0.5)), "cifar_resnet": ((0.9, 0.8, 0.7), (0.3, 0.5, 0.4))},
+    members={POOLED: 3, "cifar_resnet": 1},
     budget=Budget(rewrite_steps=10),
 )
 
@@ -22,36 +23,47 @@ CALIBRATION = Calibration(
 @pytest.mark.parametrize(("speedup", "expected"), [(1.5, 0.0), (2.0, 0.0), (4.0, 0.5), (8.0, 1.0), (16.0, 1.0)])
 def test_strength_is_linear_in_log_speedup_and_flat_outside(speedup: float, expected: float) -> None:
     assert math.isclose(CALIBRATION.strength(speedup), expected, abs_tol=1e-12)
+    assert math.isclose(CALIBRATION.strength(speedup, "small_cnn"), expected, abs_tol=1e-12)  # not calibrated
+    assert math.isclose(CALIBRATION.strength(speedup, "cifar_resnet"), expected / 2, abs_tol=1e-12)
 
 
 def test_a_calibration_round_trips_through_its_file(tmp_path) -> None:
     assert Calibration.load(tmp_path) is None
     CALIBRATION.save(tmp_path)
     assert Calibration.load(tmp_path) == CALIBRATION
-    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"speedups": [2.0]}))
-    with pytest.raises(ValueError, match=f"{CALIBRATION_FILE}: not a rewrite-strength calibration"):
-        Calibration.load(tmp_path)
+    data = json.loads((tmp_path / CALIBRATION_FILE).read_text())
+    for broken in ({"speedups": [2.0]}, data | {"strengths": [0.0, 1.0]}, data | {"strengths": {"mlp": [0.0, 1.0]}}):
+        (tmp_path / CALIBRATION_FILE).write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=f"{CALIBRATION_FILE}: not a rewrite-strength calibration"):
+            Calibration.load(tmp_path)
 
 
-def test_calibration_keeps_the_most_accurate_strength_per_speedup_and_the_weaker_on_ties(monkeypatch) -> None:
+def test_calibration_keeps_the_most_accurate_strength_per_family_and_speedup_and_the_weaker_on_ties(
+    monkeypatch,
+) -> None:
     # accuracy after pruning as a known function of (member, strength, speed-up): the rewrite hurts at 2x,
-    # helps at 8x, and strengths 0.5 and 1 tie at 4x
+    # helps at 8x, and strengths 0.5 and 1 tie at 4x; a member is a number added to the table's accuracy
     table = {
         2.0: {0.0: 0.9, 0.5: 0.8, 1.0: 0.7},
         4.0: {0.0: 0.5, 0.5: 0.6, 1.0: 0.6},
         8.0: {0.0: 0.1, 0.5: 0.2, 1.0: 0.3},
     }
     monkeypatch.setattr(strength_module, "rewritten", lambda model, metanet, s, train, budget, seed: (model, s))
-    monkeypatch.setattr(
-        strength_module,
-        "pruned_and_finetuned",
-        lambda prepared, speedup, *args, **kwargs: {"finetuned": table[speedup][prepared[1]] + prepared[0]},
-    )
-    calibration = calibrate(None, [0.0, 0.1], [8.0, 2.0, 4.0], None, None)
+
+    def pruned_and_finetuned(prepared, speedup, *args, **kwargs):
+        member, strength = prepared
+        bonus = 0.5 if member == "resnet" and speedup == 8.0 and strength == 0.5 else 0.0  # a family of its own
+        return {"finetuned": table[speedup][strength] + bonus + (0.1 if member == "resnet" else 0.0)}
+
+    monkeypatch.setattr(strength_module, "pruned_and_finetuned", pruned_and_finetuned)
+    members = [("cnn", "cnn"), ("cifar_resnet", "resnet")]
+    calibration = calibrate(None, members, [8.0, 2.0, 4.0], None, None)
     assert calibration.speedups == (2.0, 4.0, 8.0)
-    assert calibration.strengths == (0.0, 0.5, 1.0)
-    assert calibration.accuracy[0] == pytest.approx((0.95, 0.85, 0.75))
+    assert calibration.strengths == {POOLED: (0.0, 0.5, 0.5), "cnn": (0.0, 0.5, 1.0), "cifar_resnet": (0.0, 0.5, 0.5)}
+    assert calibration.accuracy[POOLED][0] == pytest.approx((0.95, 0.85, 0.75))
+    assert calibration.accuracy["cifar_resnet"][2] == pytest.approx((0.2, 0.8, 0.4))
+    assert calibration.members == {POOLED: 2, "cnn": 1, "cifar_resnet": 1}
     with pytest.raises(ValueError, match="at least one validation network"):
         calibrate(None, [], [2.0], None, None)
     with pytest.raises(ValueError, match=r"rewrite strengths must be in \[0, 1\]"):
-        calibrate(None, [0.0], [2.0], None, None, candidates=(0.0, 2.0))
+        calibrate(None, [("cnn", 0.0)], [2.0], None, None, candidates=(0.0, 2.0))

@@ -3,8 +3,9 @@
 At each FLOPs speed-up, every held-out member of the population is pruned four ways, then fine-tuned
 with the same budget:
 
-  (a) metanet:    the meta-trained metanetwork rewrites it, with the strength calibrated for the speed-up on
-                  --validation members (0: no rewrite, 1: all of it; metaprune.strength), then --rewrite-steps
+  (a) metanet:    the meta-trained metanetwork rewrites it, with the strength calibrated for the speed-up and
+                  the member's family on --validation members (0: no rewrite, 1: all of it; metaprune.strength),
+                  then --rewrite-steps
                   of plain fine-tuning (as many as (b)'s --sparse-steps unless given), then group-norm
                   pruning: `metaprune prune`
   (b) group_norm: Torch-Pruning's GroupNormPruner sparse regularization for --sparse-steps, then
@@ -80,10 +81,10 @@ def prepared(
 
 
 def rewrite_strengths(args: argparse.Namespace, metanet: Metanet, metanet_dir: Path, budget: Budget, train, eval_set):
-    """Speed-up -> rewrite strength of (a): --rewrite-strength, else calibrated on validation members (cached
-    beside the metanetwork, and checked to hold for this budget)."""
+    """(speed-up, family) -> rewrite strength of (a): --rewrite-strength, else calibrated on validation members
+    (cached beside the metanetwork, and checked to hold for this budget)."""
     if args.rewrite_strength is not None:
-        return lambda speedup: args.rewrite_strength
+        return lambda speedup, family: args.rewrite_strength
     calibration = Calibration.load(metanet_dir)
     if calibration is None:
         validation = build_population(
@@ -91,7 +92,7 @@ def rewrite_strengths(args: argparse.Namespace, metanet: Metanet, metanet_dir: P
             population_specs(args.validation, args.train_steps, seed=VALIDATION_SEED, population=args.population),
         )
         print(f"calibrating the rewrite strength on {len(validation)} validation members")
-        members = [load_member(directory)[0] for directory in validation]
+        members = [(config["family"], model) for model, config in map(load_member, validation)]
         calibration = calibrate(metanet, members, args.speedups, train, eval_set, budget=budget)
         calibration.save(metanet_dir)
     if calibration.budget != budget:
@@ -104,11 +105,14 @@ def rewrite_strengths(args: argparse.Namespace, metanet: Metanet, metanet_dir: P
 
 
 def calibration_table(calibration: Calibration) -> str:
-    """Mean validation accuracy (%) after pruning and fine-tuning, per speed-up and candidate strength."""
-    header = "| speed-up | " + " | ".join(f"strength {c:g}" for c in calibration.candidates) + " | chosen |"
-    lines = [header, "|---|" + "---:|" * (len(calibration.candidates) + 1)]
-    for speedup, row, chosen in zip(calibration.speedups, calibration.accuracy, calibration.strengths, strict=True):
-        lines.append(f"| {speedup:g}x | " + " | ".join(f"{100 * a:.2f}" for a in row) + f" | {chosen:g} |")
+    """Mean validation accuracy (%) after pruning and fine-tuning, per family, speed-up and candidate strength."""
+    header = "| family | speed-up | " + " | ".join(f"strength {c:g}" for c in calibration.candidates) + " | chosen |"
+    lines = [header, "|---|---|" + "---:|" * (len(calibration.candidates) + 1)]
+    for family, rows in calibration.accuracy.items():
+        label = f"{family} ({calibration.members[family]})"
+        for speedup, row, chosen in zip(calibration.speedups, rows, calibration.strengths[family], strict=True):
+            cells = " | ".join(f"{100 * a:.2f}" for a in row)
+            lines.append(f"| {label} | {speedup:g}x | {cells} | {chosen:g} |")
     return "\n".join(lines)
 
 
@@ -147,13 +151,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     print(f"{len(train_pop)} training members, {len(held_out)} held out")
     for seed, directory in itertools.product(args.seeds, held_out):
-        dense, _ = load_member(directory)
+        dense, config = load_member(directory)
         dense_accuracy = accuracy(dense, eval_set)
         for method in METHODS:
             importance = "group_norm" if method in ("metanet", "group_norm") else method
             models = {}  # what this method prunes, by rewrite strength (one for the methods without a rewrite)
             for speedup in args.speedups:
-                strength = strength_at(speedup) if method == "metanet" else None
+                strength = strength_at(speedup, config["family"]) if method == "metanet" else None
                 if strength not in models:
                     models[strength] = prepared(
                         method,
@@ -172,7 +176,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 except ImpossibleTargetError as err:
                     print(f"  {directory.name} {method} {speedup}x: {err}")
                     continue
-                row = {"seed": seed, "member": directory.name, "method": method, "target": speedup}
+                row = {"seed": seed, "member": directory.name, "family": config["family"], "method": method}
+                row["target"] = speedup
                 rows.append(row | {"strength": strength, "dense": dense_accuracy} | result)
                 scores = f"{result['pruned']:.3f} -> {result['finetuned']:.3f}"
                 print(f"  seed {seed} {directory.name} {method:10} {speedup}x: {scores}")
@@ -192,7 +197,12 @@ def table(rows: list[dict], speedups: list[float]) -> str:
                 cells.append(f"{100 * statistics.mean(r[key] for r in chosen):.2f}" if chosen else "n/a")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     gains = [f"{s:g}x {_gain(rows, s)}" for s in speedups]
-    strengths = {r["target"]: r["strength"] for r in rows if r["method"] == "metanet"}
+    strengths = {(r["family"], r["target"]): r["strength"] for r in rows if r["method"] == "metanet"}
+    families = sorted({family for family, _ in strengths})
+    chosen = [
+        f"{family} " + ", ".join(f"{s:g}x {strengths[family, s]:.2f}" for s in speedups if (family, s) in strengths)
+        for family in families
+    ]
     dense = statistics.mean({r["member"]: r["dense"] for r in rows}.values())
     seeds = len({r["seed"] for r in rows})
     return "\n".join(
@@ -200,7 +210,7 @@ def table(rows: list[dict], speedups: list[float]) -> str:
             *lines,
             "",
             f"metanet - group_norm after fine-tuning ({seeds} seed(s)): " + ", ".join(gains),
-            "rewrite strength of (a): " + ", ".join(f"{s:g}x {strengths[s]:.2f}" for s in speedups if s in strengths),
+            "rewrite strength of (a): " + "; ".join(chosen),
             f"dense accuracy (mean over held-out members): {100 * dense:.2f}%",
         ]
     )
@@ -273,7 +283,12 @@ def main() -> None:
         help="fraction of the rewrite (a) applies at every speed-up (default: calibrated per speed-up on --validation "
         "members and cached beside the metanetwork)",
     )
-    parser.add_argument("--validation", type=int, default=4, help="members that calibrate the rewrite strength")
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=9,
+        help="members that calibrate the rewrite strength (9: 3 per family of the CNN population)",
+    )
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
     parser.add_argument(
