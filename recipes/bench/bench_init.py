@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=8, help="held-out architectures to score")
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds both runs (architectures, data, init): repeat to see the spread"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (tiny models: 1 is fastest)")
     parser.add_argument("--parallel", action="store_true", help="meta-train both hypernetworks at once, a process each")
@@ -68,6 +71,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         min_lr=args.lr / 10,
+        seed=args.seed,
         device=args.device,
     )
     runs = {

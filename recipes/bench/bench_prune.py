@@ -51,7 +51,7 @@ from metaprune.metatrain import TRAIN_CONFIG_FILE, MetaTrainConfig, train_metane
 from metaprune.objective import PENALTIES, ObjectiveConfig
 from metaprune.population import INPUT_SHAPE, POPULATIONS, build_population, load_member, mnist, population_specs
 from metaprune.prune import ImpossibleTargetError, sparse_train
-from metaprune.strength import CALIBRATION_FILE, Budget, Calibration, calibrate, pruned_and_finetuned, rewritten
+from metaprune.strength import CALIBRATION_FILE, POOLED, Budget, Calibration, calibrate, pruned_and_finetuned, rewritten
 
 METHODS = ("metanet", "group_norm", "l1", "random")
 HELD_OUT_SEED = 1000  # held-out members are seeded far from the training ones
@@ -109,6 +109,8 @@ def calibration_table(calibration: Calibration) -> str:
     header = "| family | speed-up | " + " | ".join(f"strength {c:g}" for c in calibration.candidates) + " | chosen |"
     lines = [header, "|---|---|" + "---:|" * (len(calibration.candidates) + 1)]
     for family, rows in calibration.accuracy.items():
+        if family == POOLED and len(calibration.accuracy) == 2:
+            continue  # one family: the pooled rows are its own
         label = f"{family} ({calibration.members[family]})"
         for speedup, row, chosen in zip(calibration.speedups, rows, calibration.strengths[family], strict=True):
             cells = " | ".join(f"{100 * a:.2f}" for a in row)
