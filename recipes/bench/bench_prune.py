@@ -289,7 +289,7 @@ def main() -> None:
         "--validation",
         type=int,
         default=9,
-        help="members that calibrate the rewrite strength (9: 3 per family of the CNN population)",
+        help="members that calibrate the rewrite strength (9: 4 small CNNs, 3 ResNets, 2 MLPs)",
     )
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
