@@ -5,9 +5,8 @@ with the same budget:
 
   (a) metanet:    the meta-trained metanetwork rewrites it, with the strength calibrated for the speed-up and
                   the member's family on --validation members (0: no rewrite, 1: all of it; metaprune.strength),
-                  then --rewrite-steps
-                  of plain fine-tuning (as many as (b)'s --sparse-steps unless given), then group-norm
-                  pruning: `metaprune prune`
+                  then --rewrite-steps of plain fine-tuning (as many as (b)'s --sparse-steps unless given),
+                  then group-norm pruning: `metaprune prune`
   (b) group_norm: Torch-Pruning's GroupNormPruner sparse regularization for --sparse-steps, then
                   group-norm pruning (DepGraph's recipe)
   (c) l1:         plain magnitude (L1) pruning
@@ -178,8 +177,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                 except ImpossibleTargetError as err:
                     print(f"  {directory.name} {method} {speedup}x: {err}")
                     continue
-                row = {"seed": seed, "member": directory.name, "family": config["family"], "method": method}
-                row["target"] = speedup
+                row = {
+                    "seed": seed,
+                    "member": directory.name,
+                    "family": config["family"],
+                    "method": method,
+                    "target": speedup,
+                }
                 rows.append(row | {"strength": strength, "dense": dense_accuracy} | result)
                 scores = f"{result['pruned']:.3f} -> {result['finetuned']:.3f}"
                 print(f"  seed {seed} {directory.name} {method:10} {speedup}x: {scores}")
@@ -282,8 +286,8 @@ def main() -> None:
     parser.add_argument(
         "--rewrite-strength",
         type=float,
-        help="fraction of the rewrite (a) applies at every speed-up (default: calibrated per speed-up on --validation "
-        "members and cached beside the metanetwork)",
+        help="fraction of the rewrite (a) applies at every speed-up (default: calibrated per speed-up and family on "
+        "--validation members and cached beside the metanetwork)",
     )
     parser.add_argument(
         "--validation",
