@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="ViTs: fraction of attention heads removed from every layer before channel pruning (default 0)",
     )
     prune.add_argument(
+        "--global-pruning",
+        action="store_true",
+        help="rank channels across layers (DepGraph's global pruning) instead of removing the same fraction of "
+        "every layer",
+    )
+    prune.add_argument(
+        "--sparse-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="without --metanet: train N steps with DepGraph's group sparsity regularizer before pruning, its "
+        "recipe with --method group_norm (default 0)",
+    )
+    prune.add_argument(
         "--rewrite-steps",
         type=int,
         metavar="N",
@@ -114,7 +128,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from metaprune.finetune import finetune, recalibrate_batchnorm
     from metaprune.measure import measure
     from metaprune.population import INPUT_SHAPE, mnist
-    from metaprune.prune import prune
+    from metaprune.prune import prune, sparse_train
     from metaprune.store import pruned_files, write_directory
     from metaprune.strength import Budget
 
@@ -126,12 +140,15 @@ def run_prune(args: argparse.Namespace) -> int:
     for name, value in (("--rewrite-steps", args.rewrite_steps), ("--rewrite-strength", args.rewrite_strength)):
         if value is not None and not args.metanet:
             raise BadInput(f"{name} needs --metanet: it is about the rewritten network")
+    if args.sparse_steps and args.metanet:
+        raise BadInput("--sparse-steps and --metanet are two ways to prepare the network for pruning; choose one")
     if args.rewrite_strength is not None and not 0 <= args.rewrite_strength <= 1:
         raise BadInput(f"--rewrite-strength must be in [0, 1], got {args.rewrite_strength}")
     rewrite_steps = 0
     if args.metanet:
         rewrite_steps = REWRITE_STEPS if args.rewrite_steps is None else args.rewrite_steps
-    for name, steps in (("--rewrite-steps", rewrite_steps), ("--finetune-steps", args.finetune_steps)):
+    steps_options = {"--rewrite-steps": rewrite_steps, "--sparse-steps": args.sparse_steps}
+    for name, steps in (steps_options | {"--finetune-steps": args.finetune_steps}).items():
         if steps < 0:
             raise BadInput(f"{name} must be at least 0, got {steps}")
     if not 0 <= args.head_ratio < 1:
@@ -140,17 +157,26 @@ def run_prune(args: argparse.Namespace) -> int:
     example = torch.zeros(1, *INPUT_SHAPE[1:])
     train, eval_set = mnist("train"), mnist("eval")
     before = measure(model, example, eval_set)
-    rewrite_losses, strength = [], None
+    rewrite_losses, sparse_losses, strength = [], [], None
     if args.metanet:
-        budget = Budget(rewrite_steps, args.finetune_steps, args.lr, args.head_ratio)
+        budget = Budget(rewrite_steps, args.finetune_steps, args.lr, args.head_ratio, args.global_pruning)
         strength = _rewrite_strength(args.metanet, args.speedup, config.get("family"), budget, args.rewrite_strength)
         model = _rewrite(model, args.metanet, strength)
         if rewrite_steps:
             rewrite_losses = finetune(model, train, steps=rewrite_steps, lr=args.lr, seed=args.seed)
             model.eval()
+    if args.sparse_steps:
+        sparse_losses = sparse_train(model, example, train, steps=args.sparse_steps, lr=args.lr, seed=args.seed)
+        model.eval()
     try:
         result = prune(
-            model, example, speedup=args.speedup, method=args.method, head_ratio=args.head_ratio, seed=args.seed
+            model,
+            example,
+            speedup=args.speedup,
+            method=args.method,
+            head_ratio=args.head_ratio,
+            global_pruning=args.global_pruning,
+            seed=args.seed,
         )
     except ValueError as err:  # an unreachable speed-up, or heads to remove from a model that has none
         raise BadInput(f"{args.config}: {err}") from err
@@ -158,7 +184,11 @@ def run_prune(args: argparse.Namespace) -> int:
     losses = (
         finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=args.seed) if args.finetune_steps else []
     )
-    training = {"rewrite": (rewrite_steps, rewrite_losses), "finetune": (args.finetune_steps, losses)}
+    training = {
+        "rewrite": (rewrite_steps, rewrite_losses),
+        "sparse": (args.sparse_steps, sparse_losses),
+        "finetune": (args.finetune_steps, losses),
+    }
     after = measure(pruned.eval(), example, eval_set)
     drop = 100 * (before.accuracy - after.accuracy)
     reasons = []
@@ -263,6 +293,7 @@ def _report(
         "rewrite_strength": strength,
         "method": args.method,
         "head_ratio": args.head_ratio,
+        "global_pruning": args.global_pruning,
         "target": {"speedup": args.speedup, "max_acc_drop": args.max_acc_drop},
         "speedup": result.speedup,
         "param_ratio": result.param_ratio,

@@ -45,6 +45,7 @@ class Budget:
     finetune_steps: int = 100
     lr: float = 0.01
     head_ratio: float = 0.0
+    global_pruning: bool = False  # rank channels across layers (see metaprune.prune.prune)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,15 @@ def pruned_and_finetuned(
     """Prune a copy of ``model`` to ``speedup``, re-estimate its norms, fine-tune it: the speed-up reached and
     the accuracy right after pruning and after fine-tuning."""
     example = torch.zeros(1, *INPUT_SHAPE[1:])
-    result = prune(model, example, speedup=speedup, method=method, head_ratio=budget.head_ratio, seed=seed)
+    result = prune(
+        model,
+        example,
+        speedup=speedup,
+        method=method,
+        head_ratio=budget.head_ratio,
+        global_pruning=budget.global_pruning,
+        seed=seed,
+    )
     pruned = recalibrate_batchnorm(result.model, train, seed=seed)
     pruned_accuracy = accuracy(pruned, eval_set)
     if budget.finetune_steps:

@@ -10,9 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from metaprune.cli import main
+from metaprune.finetune import recalibrate_batchnorm
 from metaprune.measure import count_macs_params
 from metaprune.metanet import Metanet
-from metaprune.population import INPUT_SHAPE, build_population, mnist, population_specs
+from metaprune.population import INPUT_SHAPE, build_population, load_member, mnist, population_specs
+from metaprune.prune import prune, sparse_train
 from metaprune.store import load_pruned
 from metaprune.strength import POOLED, Budget, Calibration
 
@@ -99,12 +101,37 @@ def test_without_a_metanet_nothing_is_trained_before_pruning(member, tmp_path) -
         main(_args(member, tmp_path / "pruned", "--speedup", "2", "--finetune-steps", "0", "--max-acc-drop", "100"))
         == 0
     )
-    assert json.loads((tmp_path / "report.json").read_text())["rewrite"] == {
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["rewrite"] == {
         "steps": 0,
         "lr": 0.01,
         "first_loss": [],
         "last_loss": [],
     }
+    assert report["sparse"]["steps"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "sparse_steps", "global_pruning"), [(["--sparse-steps", "5"], 5, False), (["--global-pruning"], 0, True)]
+)
+def test_depgraph_options_prune_as_the_library_calls_do(member, tmp_path, extra, sparse_steps, global_pruning) -> None:
+    """``--sparse-steps`` (DepGraph's regularized training) and ``--global-pruning`` give the model that
+    ``sparse_train`` then ``prune`` give when called by hand."""
+    options = ["--speedup", "2", "--finetune-steps", "0", "--max-acc-drop", "100", *extra]
+    assert main(_args(member, tmp_path / "pruned", *options)) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["global_pruning"] is global_pruning
+    assert report["sparse"]["steps"] == sparse_steps and len(report["sparse"]["last_loss"]) == min(sparse_steps, 1)
+    model, _ = load_member(member)
+    example, train = torch.zeros(1, *INPUT_SHAPE[1:]), mnist("train")
+    if sparse_steps:
+        sparse_train(model, example, train, steps=sparse_steps, lr=0.01, seed=0, progress=False)
+    result = prune(model.eval(), example, speedup=2.0, global_pruning=global_pruning, seed=0)
+    expected = recalibrate_batchnorm(result.model, train, seed=0).state_dict()
+    pruned = load_pruned(tmp_path / "pruned")[0].state_dict()
+    assert pruned.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(pruned[name], tensor, msg=name)
 
 
 def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> None:
@@ -136,6 +163,8 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
         "negative",
         "strength",
         "strength_range",
+        "sparse_and_metanet",
+        "sparse_negative",
         "nan",
         "mismatch",
         "corrupt",
@@ -161,6 +190,11 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
     elif problem == "strength_range":
         extra = ["--metanet", str(tmp_path / "metanet"), "--rewrite-strength", "1.5"]
         expected = "--rewrite-strength must be in [0, 1], got 1.5"
+    elif problem == "sparse_and_metanet":
+        extra = ["--metanet", str(tmp_path / "metanet"), "--sparse-steps", "5"]
+        expected = "--sparse-steps and --metanet are two ways to prepare the network for pruning; choose one"
+    elif problem == "sparse_negative":
+        extra, expected = ["--sparse-steps", "-1"], "--sparse-steps must be at least 0, got -1"
     elif problem == "nan":
         state = load_file(weights)
         first = next(iter(state))

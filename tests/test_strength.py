@@ -67,3 +67,30 @@ def test_calibration_keeps_the_most_accurate_strength_per_family_and_speedup_and
         calibrate(None, [], [2.0], None, None)
     with pytest.raises(ValueError, match=r"rewrite strengths must be in \[0, 1\]"):
         calibrate(None, [("cnn", 0.0)], [2.0], None, None, candidates=(0.0, 2.0))
+
+
+def test_a_calibration_file_from_before_global_pruning_holds_for_per_layer_pruning(tmp_path) -> None:
+    CALIBRATION.save(tmp_path)
+    data = json.loads((tmp_path / CALIBRATION_FILE).read_text())
+    del data["budget"]["global_pruning"]
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(data))
+    assert Calibration.load(tmp_path).budget == Budget(rewrite_steps=10, global_pruning=False)
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_pruning_in_the_calibration_follows_the_budgets_scope(monkeypatch, global_pruning: bool) -> None:
+    class Called(Exception):
+        """Stops the pipeline at pruning: the options it was called with are all this test needs."""
+
+    calls = []
+
+    def prune(model, example, **options):
+        calls.append(options)
+        raise Called
+
+    monkeypatch.setattr(strength_module, "prune", prune)
+    with pytest.raises(Called):
+        strength_module.pruned_and_finetuned(
+            None, 2.0, None, None, method="group_norm", budget=Budget(global_pruning=global_pruning)
+        )
+    assert calls[0]["global_pruning"] is global_pruning and calls[0]["speedup"] == 2.0

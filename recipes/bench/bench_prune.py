@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     check_cached_objective(metanet_dir, objective)
     metanet = Metanet.from_pretrained(metanet_dir).eval()
     train, eval_set = mnist("train"), mnist("eval")
-    budget = Budget(args.rewrite_steps, args.finetune_steps, args.lr, args.head_ratio)
+    budget = Budget(args.rewrite_steps, args.finetune_steps, args.lr, args.head_ratio, args.global_pruning)
     strength_at = rewrite_strengths(args, metanet, metanet_dir, budget, train, eval_set)
     rows = []
     print(f"{len(train_pop)} training members, {len(held_out)} held out")
@@ -297,6 +297,11 @@ def main() -> None:
     )
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     parser.add_argument("--head-ratio", type=float, help="attention heads removed per layer (default: 0.5 for ViTs)")
+    parser.add_argument(
+        "--global-pruning",
+        action="store_true",
+        help="every method ranks channels across layers instead of pruning each layer by the same fraction",
+    )
     parser.add_argument(
         "--seeds",
         type=int,
