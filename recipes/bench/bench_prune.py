@@ -25,6 +25,7 @@ metanetwork are built (and cached) under --work when missing, so the first run t
     python recipes/bench/bench_prune.py --speedups 2 4 --finetune-steps 300 --held-out 4
     python recipes/bench/bench_prune.py --population vit --speedups 1.5 2 3
     python recipes/bench/bench_prune.py --seeds 0 1 2 --penalty group_lasso   # gains with standard errors
+    python recipes/bench/bench_prune.py --population vit --global-pruning     # rank channels across layers
 """
 
 from __future__ import annotations
