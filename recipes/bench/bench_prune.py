@@ -8,7 +8,7 @@ with the same budget:
                   then --rewrite-steps of plain fine-tuning (as many as (b)'s --sparse-steps unless given),
                   then group-norm pruning: `metaprune prune`
   (b) group_norm: Torch-Pruning's GroupNormPruner sparse regularization for --sparse-steps, then
-                  group-norm pruning (DepGraph's recipe)
+                  group-norm pruning (DepGraph's recipe: `metaprune prune --sparse-steps`)
   (c) l1:         plain magnitude (L1) pruning
   (d) random:     random channels
 
