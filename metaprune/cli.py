@@ -149,8 +149,12 @@ def run_prune(args: argparse.Namespace) -> int:
     rewrite_steps = 0
     if args.metanet:
         rewrite_steps = REWRITE_STEPS if args.rewrite_steps is None else args.rewrite_steps
-    steps_options = {"--rewrite-steps": rewrite_steps, "--sparse-steps": args.sparse_steps}
-    for name, steps in (steps_options | {"--finetune-steps": args.finetune_steps}).items():
+    steps_options = {
+        "--rewrite-steps": rewrite_steps,
+        "--sparse-steps": args.sparse_steps,
+        "--finetune-steps": args.finetune_steps,
+    }
+    for name, steps in steps_options.items():
         if steps < 0:
             raise BadInput(f"{name} must be at least 0, got {steps}")
     if not 0 <= args.head_ratio < 1:
