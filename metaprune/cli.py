@@ -165,7 +165,13 @@ def run_prune(args: argparse.Namespace) -> int:
     before = measure(model, example, eval_set)
     rewrite_losses, sparse_losses, strength = [], [], None
     if args.metanet:
-        budget = Budget(rewrite_steps, args.finetune_steps, args.lr, args.head_ratio, args.global_pruning)
+        budget = Budget(
+            rewrite_steps=rewrite_steps,
+            finetune_steps=args.finetune_steps,
+            lr=args.lr,
+            head_ratio=args.head_ratio,
+            global_pruning=args.global_pruning,
+        )
         strength = _rewrite_strength(args.metanet, args.speedup, config.get("family"), budget, args.rewrite_strength)
         model = _rewrite(model, args.metanet, strength)
         if rewrite_steps:

@@ -148,7 +148,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     check_cached_objective(metanet_dir, objective)
     metanet = Metanet.from_pretrained(metanet_dir).eval()
     train, eval_set = mnist("train"), mnist("eval")
-    budget = Budget(args.rewrite_steps, args.finetune_steps, args.lr, args.head_ratio, args.global_pruning)
+    budget = Budget(
+        rewrite_steps=args.rewrite_steps,
+        finetune_steps=args.finetune_steps,
+        lr=args.lr,
+        head_ratio=args.head_ratio,
+        global_pruning=args.global_pruning,
+    )
     strength_at = rewrite_strengths(args, metanet, metanet_dir, budget, train, eval_set)
     rows = []
     print(f"{len(train_pop)} training members, {len(held_out)} held out")
