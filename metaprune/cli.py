@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from metaprune.strength import Budget
 
 PASSED, FAILED, BAD_INPUT = 0, 1, 2
-REWRITE_STEPS = 100  # a rewritten ViT pruned without them lost 9 to 16 points against DepGraph (docs/benchmarks.md)
+METANET_SPARSE_STEPS = 100  # what a metanetwork's calibration assumes (metaprune.strength.Budget's default)
 PRUNE_EXAMPLES = """\
 examples:
   metaprune prune --model net/model.safetensors --config net/model.json --metanet metanet/ \\
@@ -91,17 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--sparse-steps",
         type=int,
-        default=0,
         metavar="N",
-        help="without --metanet: train N steps with DepGraph's group sparsity regularizer before pruning, its "
-        "recipe with --method group_norm (default 0)",
-    )
-    prune.add_argument(
-        "--rewrite-steps",
-        type=int,
-        metavar="N",
-        help=f"with --metanet: fine-tuning steps between the rewrite and pruning, for the rewritten network to "
-        f"recover before channels go (default {REWRITE_STEPS})",
+        help="train N steps with DepGraph's group sparsity regularizer before pruning (after the rewrite with "
+        f"--metanet): DepGraph's recipe with --method group_norm (default: {METANET_SPARSE_STEPS} with --metanet, "
+        "what its calibration assumes; else 0)",
     )
     prune.add_argument(
         "--rewrite-strength",
@@ -139,22 +132,13 @@ def run_prune(args: argparse.Namespace) -> int:
         raise BadInput(f"{args.out} already exists; pass --overwrite to replace it")
     if not args.speedup >= 1:
         raise BadInput(f"--speedup must be at least 1, got {args.speedup}")
-    for name, value in (("--rewrite-steps", args.rewrite_steps), ("--rewrite-strength", args.rewrite_strength)):
-        if value is not None and not args.metanet:
-            raise BadInput(f"{name} needs --metanet: it is about the rewritten network")
-    if args.sparse_steps and args.metanet:
-        raise BadInput("--sparse-steps and --metanet are two ways to prepare the network for pruning; choose one")
+    if args.rewrite_strength is not None and not args.metanet:
+        raise BadInput("--rewrite-strength needs --metanet: it is about the rewritten network")
     if args.rewrite_strength is not None and not 0 <= args.rewrite_strength <= 1:
         raise BadInput(f"--rewrite-strength must be in [0, 1], got {args.rewrite_strength}")
-    rewrite_steps = 0
-    if args.metanet:
-        rewrite_steps = REWRITE_STEPS if args.rewrite_steps is None else args.rewrite_steps
-    steps_options = {
-        "--rewrite-steps": rewrite_steps,
-        "--sparse-steps": args.sparse_steps,
-        "--finetune-steps": args.finetune_steps,
-    }
-    for name, steps in steps_options.items():
+    if args.sparse_steps is None:
+        args.sparse_steps = METANET_SPARSE_STEPS if args.metanet else 0
+    for name, steps in (("--sparse-steps", args.sparse_steps), ("--finetune-steps", args.finetune_steps)):
         if steps < 0:
             raise BadInput(f"{name} must be at least 0, got {steps}")
     if not 0 <= args.head_ratio < 1:
@@ -163,10 +147,10 @@ def run_prune(args: argparse.Namespace) -> int:
     example = torch.zeros(1, *INPUT_SHAPE[1:])
     train, eval_set = mnist("train"), mnist("eval")
     before = measure(model, example, eval_set)
-    rewrite_losses, sparse_losses, strength = [], [], None
+    sparse_losses, strength = [], None
     if args.metanet:
         budget = Budget(
-            rewrite_steps=rewrite_steps,
+            sparse_steps=args.sparse_steps,
             finetune_steps=args.finetune_steps,
             lr=args.lr,
             head_ratio=args.head_ratio,
@@ -174,9 +158,6 @@ def run_prune(args: argparse.Namespace) -> int:
         )
         strength = _rewrite_strength(args.metanet, args.speedup, config.get("family"), budget, args.rewrite_strength)
         model = _rewrite(model, args.metanet, strength)
-        if rewrite_steps:
-            rewrite_losses = finetune(model, train, steps=rewrite_steps, lr=args.lr, seed=args.seed)
-            model.eval()
     if args.sparse_steps:
         sparse_losses = sparse_train(model, example, train, steps=args.sparse_steps, lr=args.lr, seed=args.seed)
         model.eval()
@@ -197,7 +178,6 @@ def run_prune(args: argparse.Namespace) -> int:
         finetune(pruned, train, steps=args.finetune_steps, lr=args.lr, seed=args.seed) if args.finetune_steps else []
     )
     training = {
-        "rewrite": (rewrite_steps, rewrite_losses),
         "sparse": (args.sparse_steps, sparse_losses),
         "finetune": (args.finetune_steps, losses),
     }

@@ -3,11 +3,13 @@
 A full rewrite concentrates a network's weight mass in few channels. At 4x and 8x that is what makes it
 prune well; at 2x its cost wins instead: the rewrite changes the function, a short fine-tuning does not
 quite restore it, and the pruned ResNets ended 0.3 to 1.4 points behind DepGraph on every seed
-(docs/benchmarks.md). So the rewrite is applied partly, ``W + s * (M(W) - W)``, with a strength ``s``
-chosen per speed-up and architecture family by :func:`calibrate` on validation networks: the strength whose
-pruned and fine-tuned networks end most accurate on average. Per family, because the rewrite does not cost
-every family alike: pooled over families, the ResNets (where the 2x cost lives) were outvoted by networks
-the rewrite hardly changes.
+(docs/benchmarks.md). So the rewrite is applied partly, ``W + s * (M(W) - W)``, followed by DepGraph's
+sparsity training, so that strength 0 is DepGraph's recipe exactly. :func:`calibrate` chooses ``s`` per
+speed-up and architecture family on validation networks, and keeps a rewrite only where it beats no rewrite
+by more than a standard error across them: at 2x the gains and losses of single networks are larger than
+the mean gain, and a rewrite chosen on a best mean alone lost on held-out networks. Per family, because the
+rewrite does not cost every family alike: pooled over families, the ResNets (where the 2x cost lives) were
+outvoted by networks the rewrite hardly changes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .finetune import finetune, recalibrate_batchnorm
 from .measure import accuracy
 from .metanet import Metanet
 from .population import INPUT_SHAPE
-from .prune import Method, prune
+from .prune import Method, prune, sparse_train
 
 CALIBRATION_FILE = "strengths.json"
 STRENGTHS = (0.0, 0.5, 1.0)
@@ -41,7 +43,7 @@ POOLED = "all"  # the calibration over every family: what a family without valid
 class Budget:
     """The training around pruning that a calibration holds for: its strengths answer for this budget."""
 
-    rewrite_steps: int = 100
+    sparse_steps: int = 100  # DepGraph's group-sparsity training between the rewrite and pruning
     finetune_steps: int = 100
     lr: float = 0.01
     head_ratio: float = 0.0
@@ -52,16 +54,29 @@ class Budget:
 class Calibration:
     """Rewrite strength per family (and :data:`POOLED`) and speed-up, increasing speed-ups.
 
-    ``strengths[family][i]``: the strength at ``speedups[i]``; ``accuracy[family][i][j]``: mean accuracy after
-    fine-tuning at ``speedups[i]`` with strength ``candidates[j]``, over ``members[family]`` networks.
+    ``strengths[family][i]``: the strength at ``speedups[i]``; ``scores[family][i][j]``: the accuracy after
+    fine-tuning of each of the family's validation networks at ``speedups[i]`` with strength ``candidates[j]``
+    (the same networks, in the same order, in every cell).
     """
 
     speedups: tuple[float, ...]
     candidates: tuple[float, ...]
     strengths: dict[str, tuple[float, ...]]
-    accuracy: dict[str, tuple[tuple[float, ...], ...]]
-    members: dict[str, int]
+    scores: dict[str, tuple[tuple[tuple[float, ...], ...], ...]]
     budget: Budget
+
+    @property
+    def accuracy(self) -> dict[str, tuple[tuple[float, ...], ...]]:
+        """Mean accuracy per family, speed-up and candidate."""
+        return {
+            family: tuple(tuple(statistics.mean(cell) for cell in row) for row in rows)
+            for family, rows in self.scores.items()
+        }
+
+    @property
+    def members(self) -> dict[str, int]:
+        """Validation networks per family."""
+        return {family: len(rows[0][0]) for family, rows in self.scores.items()}
 
     def strength(self, speedup: float, family: str | None = None) -> float:
         """The calibrated strength for ``family`` (the pooled one when it was not calibrated), linear in log
@@ -71,7 +86,8 @@ class Calibration:
         return float(np.interp(math.log(speedup), points, strengths))  # np.interp holds the end values outside
 
     def save(self, directory: str | os.PathLike) -> None:
-        (Path(directory) / CALIBRATION_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        data = asdict(self) | {"accuracy": self.accuracy}  # the means too, for a reader of the file
+        (Path(directory) / CALIBRATION_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Calibration | None:
@@ -85,8 +101,9 @@ class Calibration:
                 speedups=tuple(data["speedups"]),
                 candidates=tuple(data["candidates"]),
                 strengths={family: tuple(row) for family, row in data["strengths"].items()},
-                accuracy={family: tuple(map(tuple, rows)) for family, rows in data["accuracy"].items()},
-                members=dict(data["members"]),
+                scores={
+                    family: tuple(tuple(map(tuple, row)) for row in rows) for family, rows in data["scores"].items()
+                },
                 budget=Budget(**data["budget"]),
             )
             if POOLED not in calibration.strengths:
@@ -96,14 +113,18 @@ class Calibration:
         return calibration
 
 
-def rewritten(
-    model: nn.Module, metanet: Metanet, strength: float, train: Dataset, *, budget: Budget, seed: int = 0
+def prepared(
+    model: nn.Module, metanet: Metanet | None, strength: float, train: Dataset, *, budget: Budget, seed: int = 0
 ) -> nn.Module:
-    """A copy of ``model`` rewritten with ``strength``, then fine-tuned for ``budget.rewrite_steps``."""
+    """A copy of ``model`` rewritten with ``strength`` (not at all at 0, where ``metanet`` may be ``None``), then
+    trained for ``budget.sparse_steps`` with DepGraph's group-sparsity regularizer: the network group-norm
+    pruning gets. At strength 0 this is DepGraph's preparation exactly."""
     model = copy.deepcopy(model)
-    metanet.rewrite_(model, INPUT_SHAPE, strength=strength)
-    if budget.rewrite_steps:
-        finetune(model, train, steps=budget.rewrite_steps, lr=budget.lr, seed=seed, progress=False)
+    if strength:
+        metanet.rewrite_(model, INPUT_SHAPE, strength=strength)
+    if budget.sparse_steps:
+        example = torch.zeros(1, *INPUT_SHAPE[1:])
+        sparse_train(model, example, train, steps=budget.sparse_steps, lr=budget.lr, seed=seed, progress=False)
     return model.eval()
 
 
@@ -147,30 +168,41 @@ def calibrate(
     budget: Budget = Budget(),
     seed: int = 0,
 ) -> Calibration:
-    """Per family of ``members`` (``(family, network)`` pairs the metanetwork was not trained on), and pooled
-    over all of them, the candidate strength with the best mean accuracy after pruning and fine-tuning at each
-    speed-up (ties go to the weaker rewrite)."""
-    if not members:
-        raise ValueError("calibration needs at least one validation network")
-    if any(not 0 <= c <= 1 for c in candidates):
-        raise ValueError(f"rewrite strengths must be in [0, 1], got {list(candidates)}")
+    """Per family of ``members`` (``(family, network)`` pairs the metanetwork was not trained on) with at least
+    two networks, and pooled over all of them, the strength to use at each speed-up: see :func:`choose`."""
+    if len(members) < 2:
+        raise ValueError("calibration needs at least two validation networks: a gain is weighed against its spread")
+    if any(not 0 <= c <= 1 for c in candidates) or 0 not in candidates:
+        raise ValueError(f"rewrite strengths must be in [0, 1] and include 0 (no rewrite), got {list(candidates)}")
     speedups = sorted(speedups)
     scores: dict[str, list[list[list[float]]]] = {}  # family -> speed-up -> candidate -> accuracies
     for family, model in members:
         for group in (family, POOLED):
             scores.setdefault(group, [[[] for _ in candidates] for _ in speedups])
         for j, strength in enumerate(candidates):
-            prepared = rewritten(model, metanet, strength, train, budget=budget, seed=seed)
+            network = prepared(model, metanet, strength, train, budget=budget, seed=seed)
             for i, speedup in enumerate(speedups):
                 result = pruned_and_finetuned(
-                    prepared, speedup, train, eval_set, method="group_norm", budget=budget, seed=seed
+                    network, speedup, train, eval_set, method="group_norm", budget=budget, seed=seed
                 )
                 for group in (family, POOLED):
                     scores[group][i][j].append(result["finetuned"])
-    accuracy = {group: tuple(tuple(statistics.mean(s) for s in row) for row in rows) for group, rows in scores.items()}
-    strengths = {
-        group: tuple(candidates[max(range(len(candidates)), key=lambda j: (row[j], -candidates[j]))] for row in means)
-        for group, means in accuracy.items()
-    }
-    counts = {group: len(rows[0][0]) for group, rows in scores.items()}
-    return Calibration(tuple(speedups), tuple(candidates), strengths, accuracy, counts, budget)
+    scores = {group: rows for group, rows in scores.items() if len(rows[0][0]) >= 2}
+    strengths = {group: tuple(candidates[choose(row, candidates)] for row in rows) for group, rows in scores.items()}
+    frozen = {group: tuple(tuple(map(tuple, row)) for row in rows) for group, rows in scores.items()}
+    return Calibration(tuple(speedups), tuple(candidates), strengths, frozen, budget)
+
+
+def choose(row: Sequence[Sequence[float]], candidates: Sequence[float]) -> int:
+    """The index of the candidate to use, given each candidate's accuracies on the same networks.
+
+    The candidate with the best mean (the weaker on ties), if its gain over no rewrite, paired by network, is
+    more than one standard error of that gain; else no rewrite. The rewrite has to earn its place: strength
+    0 is DepGraph's recipe, and a mean gain smaller than the networks' spread is one that held-out networks
+    do not keep.
+    """
+    none = candidates.index(0)
+    best = max(range(len(candidates)), key=lambda j: (statistics.mean(row[j]), -candidates[j]))
+    gains = [a - b for a, b in zip(row[best], row[none], strict=True)]
+    standard_error = statistics.stdev(gains) / math.sqrt(len(gains))
+    return best if statistics.mean(gains) > standard_error else none

@@ -16,7 +16,7 @@ from metaprune.metanet import Metanet
 from metaprune.population import INPUT_SHAPE, build_population, load_member, mnist, population_specs
 from metaprune.prune import prune, sparse_train
 from metaprune.store import load_pruned
-from metaprune.strength import POOLED, Budget, Calibration
+from metaprune.strength import POOLED, Budget, Calibration, prepared
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ def test_a_missed_accuracy_bound_exits_1_with_the_reason_and_no_model(member, tm
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("extra", "rewrite_steps"), [([], 100), (["--rewrite-steps", "10"], 10)])
-def test_a_fresh_metanet_is_applied_and_fine_tuned_before_pruning(member, tmp_path, extra, rewrite_steps) -> None:
+@pytest.mark.parametrize(("extra", "sparse_steps"), [([], 100), (["--sparse-steps", "10"], 10)])
+def test_a_fresh_metanet_is_applied_and_sparsity_trained_before_pruning(member, tmp_path, extra, sparse_steps) -> None:
     torch.manual_seed(0)
     Metanet().save_pretrained(tmp_path / "metanet")
     out = tmp_path / "pruned"
@@ -67,8 +67,33 @@ def test_a_fresh_metanet_is_applied_and_fine_tuned_before_pruning(member, tmp_pa
     assert main(_args(member, out, *options, "--max-acc-drop", "100")) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["metanet"] == str(tmp_path / "metanet")
-    assert report["rewrite"]["steps"] == rewrite_steps and len(report["rewrite"]["last_loss"]) == 1
+    assert report["sparse"]["steps"] == sparse_steps and len(report["sparse"]["last_loss"]) == 1
     assert report["finetune"]["steps"] == 20
+
+
+@pytest.mark.parametrize("strength", ["0.5", "0"])
+def test_the_metanet_path_prunes_what_the_calibration_prunes(member, tmp_path, strength) -> None:
+    """The CLI's rewrite, sparsity training and pruning give, tensor for tensor, the network that
+    ``metaprune.strength.prepared`` and ``prune`` give: the calibration answers for what the CLI does. At
+    strength 0 that is DepGraph's recipe (``--sparse-steps`` without a metanetwork)."""
+    torch.manual_seed(0)
+    Metanet().save_pretrained(tmp_path / "metanet")
+    options = ["--speedup", "2", "--sparse-steps", "5", "--finetune-steps", "0", "--max-acc-drop", "100"]
+    rewrite = ["--metanet", str(tmp_path / "metanet"), "--rewrite-strength", strength]
+    assert main(_args(member, tmp_path / "pruned", *rewrite, *options)) == 0
+    model, _ = load_member(member)
+    metanet = Metanet.from_pretrained(tmp_path / "metanet").eval()
+    train = mnist("train")
+    network = prepared(model, metanet, float(strength), train, budget=Budget(sparse_steps=5), seed=0)
+    result = prune(network, torch.zeros(1, *INPUT_SHAPE[1:]), speedup=2.0, seed=0)
+    expected = recalibrate_batchnorm(result.model, train, seed=0).state_dict()
+    pruned = load_pruned(tmp_path / "pruned")[0].state_dict()
+    if strength == "0":
+        assert main(_args(member, tmp_path / "depgraph", *options, "--report", str(tmp_path / "d.json"))) == 0
+        expected = load_pruned(tmp_path / "depgraph")[0].state_dict()
+    assert pruned.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(pruned[name], tensor, msg=name)
 
 
 @pytest.mark.parametrize("given", [None, "0.25"])
@@ -76,23 +101,22 @@ def test_the_rewrite_strength_is_the_calibrated_one_unless_given(member, tmp_pat
     torch.manual_seed(0)
     Metanet().save_pretrained(tmp_path / "metanet")
     family = json.loads((member / "model.json").read_text())["family"]
-    accuracy = ((0.9, 0.8), (0.5, 0.6))
+    scores = (((0.9, 0.9), (0.8, 0.8)), ((0.5, 0.5), (0.6, 0.6)))
     calibration = Calibration(
         speedups=(1.5, 3.0),
         candidates=(0.0, 1.0),
         strengths={POOLED: (0.0, 0.0), family: (0.0, 1.0)},  # the pooled strength would be 0
-        accuracy={POOLED: accuracy, family: accuracy},
-        members={POOLED: 2, family: 1},
+        scores={POOLED: scores, family: scores},
         budget=Budget(),
     )
     calibration.save(tmp_path / "metanet")
-    options = ["--metanet", str(tmp_path / "metanet"), "--speedup", "2", "--rewrite-steps", "0"]
+    options = ["--metanet", str(tmp_path / "metanet"), "--speedup", "2", "--sparse-steps", "0"]
     options += ["--finetune-steps", "0", "--max-acc-drop", "100"] + (["--rewrite-strength", given] if given else [])
     assert main(_args(member, tmp_path / "pruned", *options)) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     expected = float(given) if given else calibration.strength(2.0, family)
     assert 0 < expected < 1 and report["rewrite_strength"] == pytest.approx(expected)
-    note = "strengths.json was calibrated for Budget(rewrite_steps=100, finetune_steps=100"  # this run: 0 and 0
+    note = "strengths.json was calibrated for Budget(sparse_steps=100, finetune_steps=100"  # this run: 0 and 0
     assert (note in capsys.readouterr().err) == (given is None)
 
 
@@ -102,13 +126,8 @@ def test_without_a_metanet_nothing_is_trained_before_pruning(member, tmp_path) -
         == 0
     )
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["rewrite"] == {
-        "steps": 0,
-        "lr": 0.01,
-        "first_loss": [],
-        "last_loss": [],
-    }
-    assert report["sparse"]["steps"] == 0
+    assert report["sparse"] == {"steps": 0, "lr": 0.01, "first_loss": [], "last_loss": []}
+    assert report["finetune"]["steps"] == 0 and report["metanet"] is None
 
 
 @pytest.mark.parametrize(
@@ -159,11 +178,9 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
         "impossible",
         "heads",
         "head_ratio",
-        "rewrite",
         "negative",
         "strength",
         "strength_range",
-        "sparse_and_metanet",
         "sparse_negative",
         "nan",
         "mismatch",
@@ -180,19 +197,14 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
         extra, expected = ["--head-ratio", "0.5"], f"{config}: head_ratio needs a model with timm-style attention"
     elif problem == "head_ratio":
         extra, expected = ["--head-ratio", "1.5"], "--head-ratio must be in [0, 1), got 1.5"
-    elif problem == "rewrite":
-        extra, expected = ["--rewrite-steps", "5"], "--rewrite-steps needs --metanet"
     elif problem == "negative":
-        extra = ["--metanet", str(tmp_path / "metanet"), "--rewrite-steps", "-1"]
-        expected = "--rewrite-steps must be at least 0, got -1"
+        extra = ["--metanet", str(tmp_path / "metanet"), "--sparse-steps", "-1"]
+        expected = "--sparse-steps must be at least 0, got -1"
     elif problem == "strength":
         extra, expected = ["--rewrite-strength", "0.5"], "--rewrite-strength needs --metanet"
     elif problem == "strength_range":
         extra = ["--metanet", str(tmp_path / "metanet"), "--rewrite-strength", "1.5"]
         expected = "--rewrite-strength must be in [0, 1], got 1.5"
-    elif problem == "sparse_and_metanet":
-        extra = ["--metanet", str(tmp_path / "metanet"), "--sparse-steps", "5"]
-        expected = "--sparse-steps and --metanet are two ways to prepare the network for pruning; choose one"
     elif problem == "sparse_negative":
         extra, expected = ["--sparse-steps", "-1"], "--sparse-steps must be at least 0, got -1"
     elif problem == "nan":

@@ -5,8 +5,7 @@ with the same budget:
 
   (a) metanet:    the meta-trained metanetwork rewrites it, with the strength calibrated for the speed-up and
                   the member's family on --validation members (0: no rewrite, 1: all of it; metaprune.strength),
-                  then --rewrite-steps of plain fine-tuning (as many as (b)'s --sparse-steps unless given),
-                  then group-norm pruning: `metaprune prune`
+                  then (b): `metaprune prune --metanet`
   (b) group_norm: Torch-Pruning's GroupNormPruner sparse regularization for --sparse-steps, then
                   group-norm pruning (DepGraph's recipe: `metaprune prune --sparse-steps`)
   (c) l1:         plain magnitude (L1) pruning
@@ -49,9 +48,9 @@ from metaprune.measure import accuracy
 from metaprune.metanet import Metanet
 from metaprune.metatrain import TRAIN_CONFIG_FILE, MetaTrainConfig, train_metanet
 from metaprune.objective import PENALTIES, ObjectiveConfig
-from metaprune.population import INPUT_SHAPE, POPULATIONS, build_population, load_member, mnist, population_specs
-from metaprune.prune import ImpossibleTargetError, sparse_train
-from metaprune.strength import CALIBRATION_FILE, POOLED, Budget, Calibration, calibrate, pruned_and_finetuned, rewritten
+from metaprune.population import POPULATIONS, build_population, load_member, mnist, population_specs
+from metaprune.prune import ImpossibleTargetError
+from metaprune.strength import CALIBRATION_FILE, POOLED, Budget, Calibration, calibrate, prepared, pruned_and_finetuned
 
 METHODS = ("metanet", "group_norm", "l1", "random")
 HELD_OUT_SEED = 1000  # held-out members are seeded far from the training ones
@@ -59,25 +58,16 @@ VALIDATION_SEED = 2000  # and the validation members that calibrate the rewrite 
 HEAD_RATIO = {"cnn": 0.0, "vit": 0.5}  # default --head-ratio: CNNs have no heads
 
 
-def prepared(
-    method: str,
-    model: torch.nn.Module,
-    metanet: Metanet,
-    train,
-    *,
-    strength: float | None,
-    budget: Budget,
-    sparse_steps: int,
-    seed: int,
+def network_to_prune(
+    method: str, model: torch.nn.Module, metanet: Metanet, train, *, strength: float | None, budget: Budget, seed: int
 ) -> torch.nn.Module:
-    """The network each pipeline prunes: rewritten ``strength`` of the way (and fine-tuned), sparsified, or as it is."""
+    """What each pipeline prunes: for (a) and (b) the network rewritten ``strength`` of the way (not at all for
+    (b)) and sparsity-trained, for the others the network as it is."""
     if method == "metanet":
-        return rewritten(model, metanet, strength, train, budget=budget, seed=seed)
-    model = copy.deepcopy(model)
-    if method == "group_norm" and sparse_steps:
-        example = torch.zeros(1, *INPUT_SHAPE[1:])
-        sparse_train(model, example, train, steps=sparse_steps, seed=seed, progress=False)
-    return model.eval()
+        return prepared(model, metanet, strength, train, budget=budget, seed=seed)
+    if method == "group_norm":
+        return prepared(model, None, 0.0, train, budget=budget, seed=seed)
+    return copy.deepcopy(model).eval()
 
 
 def rewrite_strengths(args: argparse.Namespace, metanet: Metanet, metanet_dir: Path, budget: Budget, train, eval_set):
@@ -149,7 +139,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     metanet = Metanet.from_pretrained(metanet_dir).eval()
     train, eval_set = mnist("train"), mnist("eval")
     budget = Budget(
-        rewrite_steps=args.rewrite_steps,
+        sparse_steps=args.sparse_steps,
         finetune_steps=args.finetune_steps,
         lr=args.lr,
         head_ratio=args.head_ratio,
@@ -167,15 +157,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             for speedup in args.speedups:
                 strength = strength_at(speedup, config["family"]) if method == "metanet" else None
                 if strength not in models:
-                    models[strength] = prepared(
-                        method,
-                        dense,
-                        metanet,
-                        train,
-                        strength=strength,
-                        budget=budget,
-                        sparse_steps=args.sparse_steps,
-                        seed=seed,
+                    models[strength] = network_to_prune(
+                        method, dense, metanet, train, strength=strength, budget=budget, seed=seed
                     )
                 try:
                     result = pruned_and_finetuned(
@@ -283,12 +266,7 @@ def main() -> None:
         "--sparse-steps",
         type=int,
         default=100,
-        help="GroupNormPruner regularization steps of (b) before pruning",
-    )
-    parser.add_argument(
-        "--rewrite-steps",
-        type=int,
-        help="plain fine-tuning steps of (a) between the rewrite and pruning (default: --sparse-steps)",
+        help="GroupNormPruner regularization steps of (a) and (b) before pruning",
     )
     parser.add_argument(
         "--rewrite-strength",
@@ -318,7 +296,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.work = args.work or Path("runs/prune") / args.population
-    args.rewrite_steps = args.sparse_steps if args.rewrite_steps is None else args.rewrite_steps
     args.out = args.out or args.work / "bench"
     args.head_ratio = HEAD_RATIO[args.population] if args.head_ratio is None else args.head_ratio
     torch.set_num_threads(1)  # small networks: one thread is fastest and timings stay comparable
