@@ -6,8 +6,8 @@ quite restore it, and the pruned ResNets ended 0.3 to 1.4 points behind DepGraph
 (docs/benchmarks.md). So the rewrite is applied partly, ``W + s * (M(W) - W)``, followed by DepGraph's
 sparsity training, so that strength 0 is DepGraph's recipe exactly. :func:`calibrate` chooses ``s`` per
 speed-up and architecture family on validation networks, and keeps a rewrite only where it beats no rewrite
-by more than a standard error across them: at 2x the gains and losses of single networks are larger than
-the mean gain, and a rewrite chosen on a best mean alone lost on held-out networks. Per family, because the
+by more than a standard error across them: a mean gain within the networks' spread is one the next network
+may well not see (a small CNN's best strength was a coin toss within 0.2 points). Per family, because the
 rewrite does not cost every family alike: pooled over families, the ResNets (where the 2x cost lives) were
 outvoted by networks the rewrite hardly changes.
 """
@@ -198,8 +198,7 @@ def choose(row: Sequence[Sequence[float]], candidates: Sequence[float]) -> int:
 
     The candidate with the best mean (the weaker on ties), if its gain over no rewrite, paired by network, is
     more than one standard error of that gain; else no rewrite. The rewrite has to earn its place: strength
-    0 is DepGraph's recipe, and a mean gain smaller than the networks' spread is one that held-out networks
-    do not keep.
+    0 is DepGraph's recipe, and a mean gain smaller than the networks' spread is not one to count on.
     """
     none = candidates.index(0)
     best = max(range(len(candidates)), key=lambda j: (statistics.mean(row[j]), -candidates[j]))
