@@ -33,14 +33,15 @@ def main() -> int:
         train_metanet(args.work / "population", args.work / "metanet", MetaTrainConfig(steps=300))
 
     # The CI step.
-    command = [
-        *("metaprune", "prune", "--model", str(trained / "model.safetensors"), "--config", str(trained / "model.json")),
+    arguments = [
+        *("prune", "--model", str(trained / "model.safetensors"), "--config", str(trained / "model.json")),
         *("--metanet", str(args.work / "metanet"), "--speedup", str(args.speedup)),
         *("--finetune-steps", str(args.finetune_steps), "--max-acc-drop", str(args.max_acc_drop)),
         *("--out", str(args.work / "pruned"), "--report", str(args.work / "report.json"), "--overwrite"),
     ]
-    print("$", " ".join(command), flush=True)
-    status = subprocess.run(command, check=False).returncode
+    print("$ metaprune", " ".join(arguments), flush=True)
+    # The `metaprune` console script's entry point, run by this interpreter: found without an activated venv.
+    status = subprocess.run([sys.executable, "-m", "metaprune.cli", *arguments], check=False).returncode
     if status == 2:
         print("bad input: fix the model files or the target", file=sys.stderr)
     elif status == 1:
