@@ -149,13 +149,7 @@ def run_prune(args: argparse.Namespace) -> int:
     before = measure(model, example, eval_set)
     sparse_losses, strength = [], None
     if args.metanet:
-        budget = Budget(
-            sparse_steps=args.sparse_steps,
-            finetune_steps=args.finetune_steps,
-            lr=args.lr,
-            head_ratio=args.head_ratio,
-            global_pruning=args.global_pruning,
-        )
+        budget = Budget.from_options(args)
         strength = _rewrite_strength(args.metanet, args.speedup, config.get("family"), budget, args.rewrite_strength)
         model = _rewrite(model, args.metanet, strength)
     if args.sparse_steps:

@@ -20,7 +20,7 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,12 @@ class Budget:
     lr: float = 0.01
     head_ratio: float = 0.0
     global_pruning: bool = False  # rank channels across layers (see metaprune.prune.prune)
+
+    @classmethod
+    def from_options(cls, options: object) -> Budget:
+        """The budget a command runs with, from its parsed options named as the fields are (``metaprune prune``
+        and ``bench_prune.py`` share the names, so a calibration check compares like with like)."""
+        return cls(**{field.name: getattr(options, field.name) for field in fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,16 @@ def test_pruning_in_the_calibration_follows_the_budgets_scope(monkeypatch, globa
             None, 2.0, None, None, method="group_norm", budget=Budget(global_pruning=global_pruning)
         )
     assert calls[0]["global_pruning"] is global_pruning and calls[0]["speedup"] == 2.0
+
+
+def test_a_budget_is_read_from_options_named_as_its_fields() -> None:
+    import argparse
+
+    options = argparse.Namespace(
+        sparse_steps=7, finetune_steps=9, lr=0.5, head_ratio=0.25, global_pruning=True, speedup=2.0
+    )
+    assert Budget.from_options(options) == Budget(
+        sparse_steps=7, finetune_steps=9, lr=0.5, head_ratio=0.25, global_pruning=True
+    )
+    with pytest.raises(AttributeError, match="global_pruning"):
+        Budget.from_options(argparse.Namespace(sparse_steps=7, finetune_steps=9, lr=0.5, head_ratio=0.25))

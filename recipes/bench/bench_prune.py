@@ -138,13 +138,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     check_cached_objective(metanet_dir, objective)
     metanet = Metanet.from_pretrained(metanet_dir).eval()
     train, eval_set = mnist("train"), mnist("eval")
-    budget = Budget(
-        sparse_steps=args.sparse_steps,
-        finetune_steps=args.finetune_steps,
-        lr=args.lr,
-        head_ratio=args.head_ratio,
-        global_pruning=args.global_pruning,
-    )
+    budget = Budget.from_options(args)
     strength_at = rewrite_strengths(args, metanet, metanet_dir, budget, train, eval_set)
     rows = []
     print(f"{len(train_pop)} training members, {len(held_out)} held out")
