@@ -25,6 +25,7 @@ examples:
   metaprune prune --model net/model.safetensors --config net/model.json --metanet metanet/ \\
       --speedup 2.0 --finetune-steps 300 --max-acc-drop 1.0 --out pruned/ --report report.json
   metaprune prune --model net/model.safetensors --config net/model.json --speedup 4 --method l1 --out pruned/
+  metaprune prune --model net/model.safetensors --config net/model.json --param-ratio 3 --out pruned/
   metaprune prune --model vit/model.safetensors --config vit/model.json --speedup 4 --head-ratio 0.5 \\
       --global-pruning --sparse-steps 100 --out pruned/      # DepGraph's recipe, the best measured for ViTs
 
@@ -58,18 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     prune = commands.add_parser(
         "prune",
-        help="prune a trained model to a FLOPs speed-up, fine-tune it, check the accuracy bound",
-        description="Rewrite a trained model with a metanetwork and fine-tune it briefly (optional), remove whole\n"
-        "channels until its FLOPs drop by --speedup (Torch-Pruning's dependency graph keeps residuals and\n"
-        "BatchNorm consistent), fine-tune it for a fixed budget on the embedded MNIST, and compare its accuracy\n"
-        "with the original's.",
+        help="prune a trained model to a FLOPs speed-up or parameter ratio, fine-tune it, check the accuracy bound",
+        description="Rewrite a trained model with a metanetwork (optional), train it with DepGraph's sparsity\n"
+        "regularizer (optional), remove whole channels until its FLOPs drop by --speedup and/or its parameters\n"
+        "by --param-ratio (Torch-Pruning's dependency graph keeps residuals and BatchNorm consistent), fine-tune\n"
+        "it for a fixed budget on the embedded MNIST, and compare its accuracy with the original's.",
         epilog=PRUNE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prune.add_argument("--model", required=True, type=Path, metavar="FILE", help="trained weights (safetensors)")
     prune.add_argument("--config", required=True, type=Path, metavar="JSON", help="the model's config (model.json)")
     prune.add_argument("--metanet", type=Path, metavar="DIR", help="metanetwork checkpoint; without it, prune as is")
-    prune.add_argument("--speedup", required=True, type=float, help="required FLOPs (MACs) ratio, dense / pruned")
+    prune.add_argument("--speedup", type=float, help="required FLOPs (MACs) ratio, dense / pruned")
+    prune.add_argument(
+        "--param-ratio", type=float, help="required parameter count ratio, dense / pruned (with --speedup: both)"
+    )
     prune.add_argument(
         "--method",
         choices=("group_norm", "l1", "random"),
@@ -130,8 +134,12 @@ def run_prune(args: argparse.Namespace) -> int:
     report_path = args.report or args.out.parent / "report.json"
     if args.out.exists() and not args.overwrite:
         raise BadInput(f"{args.out} already exists; pass --overwrite to replace it")
-    if not args.speedup >= 1:
-        raise BadInput(f"--speedup must be at least 1, got {args.speedup}")
+    targets = {"--speedup": args.speedup, "--param-ratio": args.param_ratio}
+    if all(target is None for target in targets.values()):
+        raise BadInput("give a target: --speedup and/or --param-ratio")
+    for name, target in targets.items():
+        if target is not None and not target >= 1:
+            raise BadInput(f"{name} must be at least 1, got {target}")
     if args.rewrite_strength is not None and not args.metanet:
         raise BadInput("--rewrite-strength needs --metanet: it is about the rewritten network")
     if args.rewrite_strength is not None and not 0 <= args.rewrite_strength <= 1:
@@ -160,6 +168,7 @@ def run_prune(args: argparse.Namespace) -> int:
             model,
             example,
             speedup=args.speedup,
+            param_ratio=args.param_ratio,
             method=args.method,
             head_ratio=args.head_ratio,
             global_pruning=args.global_pruning,
@@ -178,8 +187,12 @@ def run_prune(args: argparse.Namespace) -> int:
     after = measure(pruned.eval(), example, eval_set)
     drop = 100 * (before.accuracy - after.accuracy)
     reasons = []
-    if result.speedup < args.speedup:
-        reasons.append(f"speed-up {result.speedup:.2f}x is below the target {args.speedup:.2f}x")
+    for name, reached, target in (
+        ("speed-up", result.speedup, args.speedup),
+        ("parameter ratio", result.param_ratio, args.param_ratio),
+    ):
+        if target is not None and reached < target:
+            reasons.append(f"{name} {reached:.2f}x is below the target {target:.2f}x")
     if drop > args.max_acc_drop:
         reasons.append(f"accuracy dropped {drop:.2f} points, more than --max-acc-drop {args.max_acc_drop}")
     report = _report(args, result, before, after, drop, training, reasons, strength)
@@ -188,11 +201,17 @@ def run_prune(args: argparse.Namespace) -> int:
     _write_report(report_path, report)
     verdict = "PASSED" if not reasons else "FAILED: " + "; ".join(reasons)
     print(
-        f"speed-up {result.speedup:.2f}x (target {args.speedup:.2f}x), parameters {before.params:,} -> "
-        f"{after.params:,}, accuracy {100 * before.accuracy:.2f}% -> {100 * after.accuracy:.2f}%, "
+        f"speed-up {result.speedup:.2f}x{_target(args.speedup)}, parameters {before.params:,} -> "
+        f"{after.params:,}{_target(args.param_ratio)}, "
+        f"accuracy {100 * before.accuracy:.2f}% -> {100 * after.accuracy:.2f}%, "
         f"latency {before.latency_ms:.2f} -> {after.latency_ms:.2f} ms\n{verdict}"
     )
     return FAILED if reasons else PASSED
+
+
+def _target(target: float | None) -> str:
+    """The target beside a reached ratio in the summary line, when there is one."""
+    return "" if target is None else f" (target {target:.2f}x)"
 
 
 def _load_model(weights: Path, config_path: Path):
@@ -223,7 +242,7 @@ def _load_model(weights: Path, config_path: Path):
 
 
 def _rewrite_strength(
-    metanet_dir: Path, speedup: float, family: str | None, budget: Budget, given: float | None
+    metanet_dir: Path, speedup: float | None, family: str | None, budget: Budget, given: float | None
 ) -> float:
     """``given``, else the metanetwork's calibrated strength for ``speedup`` and ``family`` (with a note when it
     was calibrated for another training budget), else the full rewrite."""
@@ -237,6 +256,11 @@ def _rewrite_strength(
         raise BadInput(str(err)) from err
     if calibration is None:
         return 1.0
+    if speedup is None:
+        raise BadInput(
+            f"{metanet_dir / CALIBRATION_FILE} gives the rewrite strength per speed-up: add --speedup, or choose "
+            "the strength with --rewrite-strength"
+        )
     if calibration.budget != budget:
         print(
             f"note: {metanet_dir / CALIBRATION_FILE} was calibrated for {calibration.budget}, this run is "
@@ -280,7 +304,7 @@ def _report(
         "method": args.method,
         "head_ratio": args.head_ratio,
         "global_pruning": args.global_pruning,
-        "target": {"speedup": args.speedup, "max_acc_drop": args.max_acc_drop},
+        "target": {"speedup": args.speedup, "param_ratio": args.param_ratio, "max_acc_drop": args.max_acc_drop},
         "speedup": result.speedup,
         "param_ratio": result.param_ratio,
         "accuracy_drop": drop,

@@ -118,6 +118,23 @@ def test_the_rewrite_strength_is_the_calibrated_one_unless_given(member, tmp_pat
     assert 0 < expected < 1 and report["rewrite_strength"] == pytest.approx(expected)
     note = "strengths.json was calibrated for Budget(sparse_steps=100, finetune_steps=100"  # this run: 0 and 0
     assert (note in capsys.readouterr().err) == (given is None)
+    options[options.index("--speedup")] = "--param-ratio"  # a target the calibration has no strength for
+    status = main(_args(member, tmp_path / "by_params", *options, "--report", str(tmp_path / "by_params.json")))
+    if given:
+        assert status == 0
+    else:
+        assert status == 2 and "gives the rewrite strength per speed-up" in capsys.readouterr().err
+        assert not (tmp_path / "by_params").exists() and not (tmp_path / "by_params.json").exists()
+
+
+def test_a_parameter_ratio_target_is_met_and_reported(member, tmp_path) -> None:
+    options = ["--param-ratio", "2", "--finetune-steps", "0", "--max-acc-drop", "100"]
+    assert main(_args(member, tmp_path / "pruned", *options)) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["target"] == {"speedup": None, "param_ratio": 2.0, "max_acc_drop": 100.0}
+    _, params = count_macs_params(load_pruned(tmp_path / "pruned")[0], torch.zeros(1, *INPUT_SHAPE[1:]))
+    assert params == report["after"]["params"] and report["before"]["params"] >= 2 * params
+    assert report["param_ratio"] == pytest.approx(report["before"]["params"] / params)
 
 
 def test_without_a_metanet_nothing_is_trained_before_pruning(member, tmp_path) -> None:
@@ -176,6 +193,9 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
     "problem",
     [
         "impossible",
+        "impossible_params",
+        "no_target",
+        "param_ratio_range",
         "heads",
         "head_ratio",
         "negative",
@@ -191,7 +211,13 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
 def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_path, capsys, problem) -> None:
     weights, config, speedup = member / "model.safetensors", member / "model.json", "2"
     extra = []
-    if problem == "impossible":
+    if problem == "impossible_params":
+        speedup, extra, expected = None, ["--param-ratio", "100000"], "cannot prune to param_ratio"
+    elif problem == "no_target":
+        speedup, expected = None, "give a target: --speedup and/or --param-ratio"
+    elif problem == "param_ratio_range":
+        extra, expected = ["--param-ratio", "0.5"], "--param-ratio must be at least 1, got 0.5"
+    elif problem == "impossible":
         speedup, expected = "100000", "cannot prune to speedup"
     elif problem == "heads":
         extra, expected = ["--head-ratio", "0.5"], f"{config}: head_ratio needs a model with timm-style attention"
@@ -227,7 +253,7 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
         (tmp_path / "out" / "old").mkdir(parents=True)
         expected = "already exists"
     before = sorted(tmp_path.rglob("*"))
-    args = ["prune", "--model", str(weights), "--config", str(config), "--speedup", speedup]
+    args = ["prune", "--model", str(weights), "--config", str(config), *(["--speedup", speedup] if speedup else [])]
     assert main([*args, *extra, "--finetune-steps", "5", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("metaprune: error:") and expected in err, err
