@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hypernets.atomic import atomic_write
+from hypernets.checkpoint import json_text
+from hypernets.command import (
+    Parser,
+    UsageError,
+    check_device,
+    check_output,
+    count,
+    debug_parent,
+    integer,
+    number,
+    positive,
+    run_command,
+    seed,
+)
 from hypernets.models import DEFAULT_SPEC, SPEC_FORMS, ModelSpecError
 
 if TYPE_CHECKING:
@@ -39,6 +53,10 @@ examples:
 
 The target is built on the meta device, so no random initialization is ever allocated; the file
 holds every parameter by name (tied parameters once), ready for model.load_state_dict(...).
+An existing --out is replaced only with --overwrite.
+
+exit status: 0 written, 2 bad input (a missing or corrupt checkpoint, an unknown model or device, an
+unwritable --out; one line on stderr, nothing written), 3 internal error (please report).
 """
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -76,29 +94,26 @@ wider networks than any training one. OUT receives results.md, results.json and 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hypernets`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``hypernets`` console script; returns the exit status (docs/cli.md)."""
     # torch_geometric calls the deprecated torch.jit.script on import: noise for users of the command.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     from hypernets.checkpoint import CheckpointError
     from hypernets.graph import GraphConversionError
 
-    try:
-        return args.run(args)
-    except (GraphConversionError, ModelSpecError, CheckpointError, OSError) as err:
-        print(f"hypernets: error: {err}", file=sys.stderr)
-        return 2
+    return run_command("hypernets", build_parser(), argv, (GraphConversionError, ModelSpecError, CheckpointError))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hypernets",
         description="Graph hypernetworks and metanetworks for PyTorch. "
         "Run 'hypernets COMMAND --help' for the options of a command.",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    common = [debug_parent()]
     graph = commands.add_parser(
         "graph",
+        parents=common,
         help="convert a model into its op or neuron graph and summarize it",
         description="Trace a model (shapes only, no computation) and summarize its graph: op counts by kind,\n"
         "parameters covered, unused and tied parameters, node and edge counts. Optionally draw the\n"
@@ -123,16 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     graph.add_argument(
         "--max-distance",
-        type=_positive_int,
+        type=positive,
         metavar="D",
         help="op view: keep shortest-path pairs up to D hops apart (default: to_op_graph's, 8)",
     )
     graph.add_argument("--plot", metavar="PNG", help="draw the graph to this PNG file")
     graph.add_argument("--json", metavar="FILE", help="write the traced ops and parameters to this JSON file")
+    graph.add_argument("--overwrite", action="store_true", help="replace an existing --plot or --json file")
     graph.set_defaults(run=run_graph)
 
     predict = commands.add_parser(
         "predict",
+        parents=common,
         help="predict every parameter of a model with a trained hypernetwork",
         description="Predict every parameter of a model with a hypernetwork checkpoint (a directory written by\n"
         "LoGAH.save_pretrained) and write them to a safetensors file.",
@@ -147,22 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec (default: {DEFAULT_SPEC})")
     predict.add_argument("--out", required=True, metavar="FILE", help="safetensors file to write")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     predict.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written parameters")
     predict.add_argument("--device", default="cpu", help="where the hypernetwork runs, e.g. cpu or cuda")
     predict.add_argument("--input-shape", type=_shape, metavar="N,C,H,W", help="as for 'hypernets graph'")
     predict.set_defaults(run=run_predict)
-    add_train_parser(commands)
-    add_evaluate_parser(commands)
+    add_train_parser(commands, common)
+    add_evaluate_parser(commands, common)
     return parser
 
 
-def add_train_parser(commands: argparse._SubParsersAction) -> None:
+def add_train_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     from hypernets.train.config import HYPERNET_DEFAULTS as hnet
     from hypernets.train.config import TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     train = commands.add_parser(
         "train",
+        parents=parents,
         help="meta-train a hypernetwork on a family of sampled architectures",
         description="Meta-train a LoGAH (or the tiled GHN-3 baseline) on sampled ViTs (MNIST) or GPT-2\n"
         "models (byte-level text): AdamW, warm-up and cosine decay, gradient clipping, bf16 autocast on\n"
@@ -172,48 +191,54 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--family", choices=("vit", "gpt2"), default=defaults["family"], help="architecture family")
     train.add_argument("--out", required=True, metavar="DIR", help="run directory (resumed if it holds a checkpoint)")
-    train.add_argument("--steps", type=_positive_int, default=defaults["steps"], help="total training steps")
+    train.add_argument("--steps", type=positive, default=defaults["steps"], help="total training steps")
     train.add_argument(
         "--archs-per-step",
-        type=_positive_int,
+        type=integer(1, 1024),
         default=defaults["archs_per_step"],
         metavar="N",
         help="architectures per step (and rank)",
     )
-    train.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"], help="examples per step")
-    train.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate")
-    train.add_argument("--min-lr", type=float, default=defaults["min_lr"], help="learning rate at the last step")
-    train.add_argument("--warmup", type=int, default=defaults["warmup"], help="linear warm-up steps")
-    train.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="AdamW weight decay")
+    train.add_argument(
+        "--batch-size", type=integer(1, 100_000), default=defaults["batch_size"], help="examples per step"
+    )
+    train.add_argument("--lr", type=number(0, 1, above=True), default=defaults["lr"], help="peak learning rate")
+    train.add_argument("--min-lr", type=number(0, 1), default=defaults["min_lr"], help="learning rate at the last step")
+    train.add_argument("--warmup", type=count, default=defaults["warmup"], help="linear warm-up steps")
+    train.add_argument(
+        "--weight-decay", type=number(0, 100), default=defaults["weight_decay"], help="AdamW weight decay"
+    )
     train.add_argument(
         "--gain-lr-scale",
-        type=float,
+        type=number(0, 10_000, above=True),
         default=defaults["gain_lr_scale"],
         metavar="X",
         help="learning-rate multiplier of the MIP gains (one scalar per op kind)",
     )
-    train.add_argument("--grad-clip", type=float, default=defaults["grad_clip"], help="max gradient norm")
+    train.add_argument(
+        "--grad-clip", type=number(0, above=True), default=defaults["grad_clip"], help="max gradient norm"
+    )
     train.add_argument(
         "--checkpoint-every",
-        type=_positive_int,
+        type=positive,
         default=defaults["checkpoint_every"],
         metavar="STEPS",
         help="steps between checkpoints",
     )
     train.add_argument(
-        "--seed", type=int, default=defaults["seed"], help="seeds the hypernetwork, architectures and data"
+        "--seed", type=seed, default=defaults["seed"], help="seeds the hypernetwork, architectures and data"
     )
     train.add_argument("--device", default=defaults["device"], help="cpu or cuda")
     train.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    train.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (tiny models: 1 is fastest)")
+    train.add_argument("--threads", type=integer(1, 4096), metavar="N", help="CPU threads (tiny models: 1 is fastest)")
     group = train.add_argument_group("hypernetwork")
-    group.add_argument("--hidden", type=_positive_int, default=hnet["hidden"], help="node embedding size")
-    group.add_argument("--layers", type=_positive_int, default=hnet["layers"], help="graph transformer layers")
-    group.add_argument("--heads", type=_positive_int, default=hnet["heads"], help="attention heads")
-    group.add_argument("--rank", type=_positive_int, default=hnet["rank"], help="rank of the low-rank decoder")
-    group.add_argument("--max-ck", type=_positive_int, default=hnet["max_ck"], help="rows decoded per block")
+    group.add_argument("--hidden", type=positive, default=hnet["hidden"], help="node embedding size")
+    group.add_argument("--layers", type=positive, default=hnet["layers"], help="graph transformer layers")
+    group.add_argument("--heads", type=positive, default=hnet["heads"], help="attention heads")
+    group.add_argument("--rank", type=positive, default=hnet["rank"], help="rank of the low-rank decoder")
+    group.add_argument("--max-ck", type=positive, default=hnet["max_ck"], help="rows decoded per block")
     group.add_argument("--decoder", choices=("lowrank", "tiled"), default="lowrank", help="LoGAH or GHN-3's")
-    group.add_argument("--tile", type=_positive_int, default=64, help="tile of the tiled decoder")
+    group.add_argument("--tile", type=positive, default=64, help="tile of the tiled decoder")
     group.add_argument(
         "--match-params",
         action="store_true",
@@ -221,7 +246,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     )
     group.add_argument(
         "--shape-frequencies",
-        type=_positive_int,
+        type=positive,
         default=hnet["shape_frequencies"],
         metavar="N",
         help="cos/sin frequencies encoding tensor shapes (fewer generalize more smoothly to unseen widths)",
@@ -230,9 +255,10 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(run=run_train)
 
 
-def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+def add_evaluate_parser(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     evaluate = commands.add_parser(
         "evaluate",
+        parents=parents,
         help="compare predicted and random initializations of held-out architectures",
         description="Initialize held-out architectures with each hypernetwork and with their own random init,\n"
         "score them (eval accuracy for ViTs, eval loss for GPT-2) at step 0 and along a short AdamW\n"
@@ -249,13 +275,14 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         metavar="NAME=DIR",
         help="a hypernetwork checkpoint and the name its row gets; repeat to compare several",
     )
-    evaluate.add_argument("--archs", type=_positive_int, default=8, help="held-out architectures to score")
-    evaluate.add_argument("--finetune-steps", type=int, default=100, metavar="N", help="AdamW steps per network")
-    evaluate.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=64, help="fine-tuning batch size")
-    evaluate.add_argument("--seed", type=int, default=0, help="picks the architectures, random inits and batches")
+    evaluate.add_argument("--archs", type=integer(1, 1000), default=8, help="held-out architectures to score")
+    evaluate.add_argument("--finetune-steps", type=count, default=100, metavar="N", help="AdamW steps per network")
+    evaluate.add_argument("--lr", type=number(0, 1, above=True), default=5e-4, help="fine-tuning learning rate")
+    evaluate.add_argument("--batch-size", type=integer(1, 100_000), default=64, help="fine-tuning batch size")
+    evaluate.add_argument("--seed", type=seed, default=0, help="picks the architectures, random inits and batches")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="where results.md and curves.png go")
-    evaluate.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    evaluate.add_argument("--threads", type=integer(1, 4096), metavar="N", help="CPU threads")
     evaluate.set_defaults(run=run_evaluate)
 
 
@@ -265,6 +292,9 @@ def run_graph(args: argparse.Namespace) -> int:
     from hypernets.graph.op_graph import DEFAULT_MAX_DISTANCE
     from hypernets.models import build_model, example_input_shape
 
+    for option, path in (("--plot", args.plot), ("--json", args.json)):
+        if path:
+            check_output(path, option, overwrite=args.overwrite)
     model = build_model(args.model, device="meta" if args.view == "op" else "cpu")
     ir = trace(model, args.input_shape or example_input_shape(args.model, model))
     if args.view == "op":
@@ -276,10 +306,10 @@ def run_graph(args: argparse.Namespace) -> int:
         report = describe_neuron_graph(data)
     print("\n".join([ir.summary(), describe_coverage(ir), report]))
     if args.plot:
-        _write_atomically(args.plot, lambda path: _draw(args.view, data, path))
+        atomic_write(args.plot, lambda path: _draw(args.view, data, path))
         print(f"wrote {args.plot}")
     if args.json:
-        _write_atomically(args.json, lambda path: _write_json(ir_to_dict(ir), path))
+        atomic_write(args.json, lambda path: Path(path).write_text(json_text(ir_to_dict(ir))))
         print(f"wrote {args.json}")
     return 0
 
@@ -291,14 +321,17 @@ def run_predict(args: argparse.Namespace) -> int:
     import torch
 
     from hypernets import LoGAH
-    from hypernets.checkpoint import save_tensors
+    from hypernets.checkpoint import check_finite_tensors, save_tensors
     from hypernets.models import build_model, example_input_shape
 
+    check_device(args.device)
+    check_output(args.out, "--out", overwrite=args.overwrite)
     hnet = LoGAH.from_pretrained(args.hypernet, map_location=args.device).eval()
     model = build_model(args.model, device="meta")
     start = time.perf_counter()
     params = hnet.predict(model, args.input_shape or example_input_shape(args.model, model), getattr(torch, args.dtype))
     seconds = time.perf_counter() - start
+    check_finite_tensors(params, f"the prediction in {args.dtype} (try --dtype float32)", UsageError)
     save_tensors(args.out, params, metadata={"model": args.model, "hypernet": str(args.hypernet)})
     values = sum(p.numel() for p in params.values())
     print(f"predicted {len(params)} tensors ({values:,} values) of {args.model} in {seconds:.2f} s")
@@ -307,26 +340,33 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """The ``train`` command: settings from the flags, then :func:`hypernets.train.train`."""
+    """The ``train`` command: settings from the flags, checked in full, then :func:`hypernets.train.train`."""
     import torch
 
     from hypernets.train import TrainConfig, train
     from hypernets.train.baseline import count_parameters, tiled_baseline
     from hypernets.train.config import hypernet_config
 
+    check_device(args.device)
+    check_output(args.out, "--out", directory=True, overwrite=True)  # an existing run directory is resumed
+    if args.min_lr > args.lr:
+        raise UsageError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    hypernet = hypernet_config(
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        rank=args.rank,
-        max_ck=args.max_ck,
-        decoder=args.decoder,
-        tile=args.tile,
-        mip=not args.no_mip,
-        shape_frequencies=args.shape_frequencies,
-    )
+    try:
+        hypernet = hypernet_config(
+            hidden=args.hidden,
+            layers=args.layers,
+            heads=args.heads,
+            rank=args.rank,
+            max_ck=args.max_ck,
+            decoder=args.decoder,
+            tile=args.tile,
+            mip=not args.no_mip,
+            shape_frequencies=args.shape_frequencies,
+        )
+    except ValueError as err:
+        raise UsageError(f"hypernetwork options: {err}") from err
     if args.match_params:
         hypernet = tiled_baseline(dataclasses.replace(hypernet, decoder="lowrank"))
     config = TrainConfig(
@@ -347,6 +387,7 @@ def run_train(args: argparse.Namespace) -> int:
         amp=not args.no_amp,
         hypernet=hypernet,
     )
+    check_fits_in_memory(count_parameters(hypernet), "the hypernetwork options (--hidden, --layers, --rank, ...)")
     print(f"{hypernet.decoder} hypernetwork, {count_parameters(hypernet):,} parameters; writing {args.out}")
     train(config)
     print(f"wrote {args.out}/hypernet, {args.out}/metrics.jsonl and {args.out}/loss.png")
@@ -358,18 +399,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from hypernets import LoGAH
-    from hypernets.evaluate import compare_inits, write_report
+    from hypernets.evaluate import RANDOM, compare_inits, write_report
     from hypernets.train import task_for
     from hypernets.zoo import get_family
 
+    names = [name for name, _ in args.hypernet]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"--hypernet: the name {repeated[0]!r} is given twice; give each hypernetwork its own name")
+    if RANDOM in names:
+        raise UsageError(f"--hypernet: {RANDOM!r} names the baseline row; choose another name")
+    check_output(args.out, "--out", directory=True, overwrite=args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     hypernets = {name: LoGAH.from_pretrained(directory) for name, directory in args.hypernet}
     archs = get_family(args.family).heldout_archs(args.archs, seed=args.seed)
     curves = compare_inits(archs, hypernets, args.family, args.finetune_steps, args.lr, args.batch_size, args.seed)
-    print(write_report(curves, args.out, task_for(args.family).metric))
+    print(write_report(curves, args.out, task_for(args.family).metric, overwrite=True))  # --out was checked
     print(f"wrote {args.out}/results.md, {args.out}/results.json and {args.out}/curves.png")
     return 0
+
+
+def check_fits_in_memory(parameters: int, culprit: str, copies: int = 4) -> None:
+    """Refuse a model whose parameters and AdamW state (``copies`` fp32 tensors each) exceed the free memory,
+    before anything is allocated."""
+    import psutil
+
+    needed, free = 4 * copies * parameters, psutil.virtual_memory().available
+    if needed > free:
+        raise UsageError(
+            f"{culprit}: a hypernetwork of {parameters:,} parameters needs about {needed / 2**30:.1f} GiB to train, "
+            f"{free / 2**30:.1f} GiB is free"
+        )
 
 
 def describe_coverage(ir: ModelIR) -> str:
@@ -428,21 +489,6 @@ def _draw(view: str, data: Data, path: str) -> None:
     (draw_op_graph if view == "op" else draw_neuron_graph)(data, path)
 
 
-def _write_json(value: Any, path: str) -> None:
-    with open(path, "w") as file:
-        json.dump(value, file, indent=1)
-
-
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """:func:`hypernets.checkpoint.atomic_write`, with a failure reported as one line naming the file."""
-    from hypernets.checkpoint import atomic_write
-
-    try:
-        atomic_write(Path(path), write)
-    except OSError as err:
-        raise OSError(f"cannot write {path}: {err.strerror or err}") from err
-
-
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(d) for d in text.split(","))
@@ -460,12 +506,6 @@ def _named_dir(text: str) -> tuple[str, str]:
     if not sep or not name or not directory:
         raise argparse.ArgumentTypeError(f"expected NAME=DIR, e.g. LoGAH=runs/vit/hypernet; got {text!r}")
     return name, directory
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 if __name__ == "__main__":

@@ -132,14 +132,18 @@ def plot_curves(curves: Sequence[Curve], path: str | Path, metric: str) -> None:
     plt.close(fig)
 
 
-def write_report(curves: Sequence[Curve], out: str | Path, metric: str) -> str:
-    """``results.md``, ``results.json`` (every curve) and ``curves.png`` in ``out``; returns the table."""
-    import json
+def write_report(curves: Sequence[Curve], out: str | Path, metric: str, overwrite: bool = False) -> str:
+    """``results.md``, ``results.json`` (every curve) and ``curves.png`` in ``out``, published together (an
+    existing ``out`` only with ``overwrite``); returns the table."""
+    from hypernets.atomic import write_directory
+    from hypernets.checkpoint import json_text
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(curves, metric)
-    (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps([asdict(c) for c in curves], indent=1) + "\n")
-    plot_curves(curves, out / "curves.png", metric)
+
+    def fill(staging: Path) -> None:
+        (staging / "results.md").write_text(table)
+        (staging / "results.json").write_text(json_text([asdict(c) for c in curves]))
+        plot_curves(curves, staging / "curves.png", metric)
+
+    write_directory(out, fill, overwrite=overwrite)
     return table

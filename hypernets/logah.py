@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from hypernets.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from hypernets.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    check_shapes,
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+    typed_config,
+)
 from hypernets.graph import to_op_graph
 from hypernets.graph.inputs import Inputs
 from hypernets.graph.vocab import OP_KINDS
@@ -57,6 +66,8 @@ class LoGAHConfig:
         for name in ("hidden", "layers", "heads", "max_distance", "rank", "max_ck", "tile", "shape_frequencies"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoGAHConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise ValueError(f"LoGAHConfig.hidden ({self.hidden}) must be divisible by heads ({self.heads})")
 
 
 class LoGAH(nn.Module):
@@ -212,15 +223,10 @@ class LoGAH(nn.Module):
         see :mod:`hypernets.pretrained`). An existing directory of that name wins."""
         directory = _checkpoint_dir(directory)
         config, state = load_checkpoint(directory, CHECKPOINT_KIND)
-        known = {f.name for f in fields(LoGAHConfig)}
-        unknown = sorted(set(config) - known - {"kind"})
-        if unknown:
-            raise CheckpointError(f"{directory}/config.json has unknown LoGAH settings: {', '.join(unknown)}")
-        try:
-            model = cls(LoGAHConfig(**{k: v for k, v in config.items() if k in known}))
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{directory}/config.json has invalid LoGAH settings: {err}") from err
-        load_state_strict(model, state, f"{directory}/model.safetensors")
+        settings = typed_config(LoGAHConfig, config, directory / CONFIG_FILE)
+        check_shapes(lambda: cls(settings), state, directory / WEIGHTS_FILE)
+        model = cls(settings)
+        load_state_strict(model, state, directory / WEIGHTS_FILE)
         return model.to(map_location)
 
 

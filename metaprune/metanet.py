@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 
-from hypernets.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from hypernets.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    check_shapes,
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+    typed_config,
+)
 from hypernets.graph import EDGE_TYPES, NODE_SLOTS, NODE_TYPES, from_neuron_graph, to_neuron_graph
 from hypernets.graph.inputs import Inputs
 from hypernets.graph.neuron_graph import EdgePlacement, NodePlacement
@@ -182,16 +191,12 @@ class Metanet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Metanet:
+        directory = Path(directory)
         config, state = load_checkpoint(directory, CHECKPOINT_KIND)
-        known = {f.name for f in fields(MetanetConfig)}
-        unknown = sorted(set(config) - known - {"kind"})
-        if unknown:
-            raise CheckpointError(f"{directory}/config.json has unknown metanet settings: {', '.join(unknown)}")
-        try:
-            metanet = cls(MetanetConfig(**{k: v for k, v in config.items() if k in known}))
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{directory}/config.json has invalid metanet settings: {err}") from err
-        load_state_strict(metanet, state, f"{directory}/model.safetensors")
+        settings = typed_config(MetanetConfig, config, directory / CONFIG_FILE)
+        check_shapes(lambda: cls(settings), state, directory / WEIGHTS_FILE)
+        metanet = cls(settings)
+        load_state_strict(metanet, state, directory / WEIGHTS_FILE)
         return metanet.to(map_location)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from hypernets.checkpoint import atomic_write
+from hypernets.atomic import atomic_write
 from hypernets.graph import to_neuron_graph
 from hypernets.optim import adamw_groups
 

@@ -24,7 +24,8 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from hypernets import zoo
-from hypernets.checkpoint import atomic_write, load_state_strict, save_tensors
+from hypernets.atomic import atomic_write
+from hypernets.checkpoint import load_state_strict, save_tensors
 from hypernets.data import load_mnist
 from hypernets.zoo.vit import ViTArch
 

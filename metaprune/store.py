@@ -1,4 +1,4 @@
-"""Pruned models on disk: ``model.safetensors`` + ``model.json``, no pickles, a whole directory or nothing.
+"""Pruned models on disk: ``model.safetensors`` + ``model.json``, no pickles.
 
 A pruned network has the architecture its config describes with fewer channels (or attention heads), so
 ``model.json`` is the original config and the channel and head counts are read back from the tensor
@@ -7,10 +7,7 @@ shapes: :func:`load_pruned` builds the dense architecture, then resizes each lay
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +15,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hypernets.checkpoint import load_state_strict
+from hypernets.checkpoint import json_text, load_state_strict, read_json
 from metaprune.population import CONFIG_FILE, WEIGHTS_FILE, build_from_config
 from metaprune.prune import is_attention, set_num_heads
 
 
-def write_directory(directory: str | os.PathLike, files: dict[str, bytes], overwrite: bool = False) -> Path:
-    """Write ``files`` into a temporary sibling of ``directory``, then rename it into place.
-
-    A crash leaves either the old directory or the new one, never a half-written one.
-    """
+def save_pruned(model: nn.Module, config: dict[str, Any], directory: str | os.PathLike) -> None:
+    """The two files of a pruned model in ``directory`` (a staging directory: see
+    :func:`hypernets.atomic.write_directory`)."""
     directory = Path(directory)
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} already exists; choose another output or pass overwrite")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
-        for name, content in files.items():
-            (staging / name).write_bytes(content)
-        if directory.exists():
-            retired = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old."))
-            os.replace(directory, retired / directory.name)
-            os.replace(staging, directory)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
-
-
-def pruned_files(model: nn.Module, config: dict[str, Any]) -> dict[str, bytes]:
-    """The two files of a pruned model, as bytes (so they can be written all at once)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / WEIGHTS_FILE
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path)
-        weights = path.read_bytes()
-    return {WEIGHTS_FILE: weights, CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode()}
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, directory / WEIGHTS_FILE)
+    (directory / CONFIG_FILE).write_text(json_text(config))
 
 
 def load_pruned(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """A model saved by :func:`pruned_files` (or any member directory), in eval mode, and its config."""
+    """A model saved by :func:`save_pruned` (or any member directory), in eval mode, and its config."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{config_path}: not a readable model config: {err}") from err
+    config = read_json(config_path, "model config", ValueError)
     model = build_from_config(config, config_path)
     state = load_file(weights_path)
     resize_to(model, state)

@@ -62,7 +62,7 @@ def test_three_initializations_make_three_rows(tmp_path):
     assert [c.init for c in curves] == ["LoGAH", "tiled", RANDOM]
     assert all(c.steps == [0, 1, 2, 3, 4] and len(c.scores) == 5 for c in curves)
     assert all(0 <= s <= 100 for c in curves for s in c.scores)
-    table = write_report(curves, tmp_path, "accuracy")
+    table = write_report(curves, tmp_path, "accuracy", overwrite=True)
     summary_rows = [line for line in table.splitlines() if line.count("|") == 4 and line[2:4] != "--"]
     assert [row.split("|")[1].strip() for row in summary_rows[1:]] == ["LoGAH", "tiled", RANDOM]
     random_row = next(r for r in summary_rows if r.startswith(f"| {RANDOM}"))

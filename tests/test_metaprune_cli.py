@@ -216,23 +216,23 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
     elif problem == "no_target":
         speedup, expected = None, "give a target: --speedup and/or --param-ratio"
     elif problem == "param_ratio_range":
-        extra, expected = ["--param-ratio", "0.5"], "--param-ratio must be at least 1, got 0.5"
+        extra, expected = ["--param-ratio", "0.5"], "argument --param-ratio: must be at least 1, got 0.5"
     elif problem == "impossible":
         speedup, expected = "100000", "cannot prune to speedup"
     elif problem == "heads":
         extra, expected = ["--head-ratio", "0.5"], f"{config}: head_ratio needs a model with timm-style attention"
     elif problem == "head_ratio":
-        extra, expected = ["--head-ratio", "1.5"], "--head-ratio must be in [0, 1), got 1.5"
+        extra, expected = ["--head-ratio", "1.5"], "argument --head-ratio: must be below 1, got 1.5"
     elif problem == "negative":
         extra = ["--metanet", str(tmp_path / "metanet"), "--sparse-steps", "-1"]
-        expected = "--sparse-steps must be at least 0, got -1"
+        expected = "argument --sparse-steps: must be in [0, 1,000,000,000], got -1"
     elif problem == "strength":
         extra, expected = ["--rewrite-strength", "0.5"], "--rewrite-strength needs --metanet"
     elif problem == "strength_range":
         extra = ["--metanet", str(tmp_path / "metanet"), "--rewrite-strength", "1.5"]
-        expected = "--rewrite-strength must be in [0, 1], got 1.5"
+        expected = "argument --rewrite-strength: must be at most 1, got 1.5"
     elif problem == "sparse_negative":
-        extra, expected = ["--sparse-steps", "-1"], "--sparse-steps must be at least 0, got -1"
+        extra, expected = ["--sparse-steps", "-1"], "argument --sparse-steps: must be in [0, 1,000,000,000], got -1"
     elif problem == "nan":
         state = load_file(weights)
         first = next(iter(state))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,19 +48,31 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast where the device supports it (CUDA); off on CPU
     hypernet: LoGAHConfig = field(default_factory=hypernet_config)
 
+    def __post_init__(self) -> None:
+        if self.family not in ("vit", "gpt2"):
+            raise ValueError(f"family must be 'vit' or 'gpt2', got {self.family!r}")
+        for name in ("steps", "archs_per_step", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.warmup < 0 or self.seed < 0:
+            raise ValueError(f"warmup and seed must be at least 0, got {self.warmup} and {self.seed}")
+        rates = {name: getattr(self, name) for name in ("lr", "min_lr", "weight_decay", "gain_lr_scale", "grad_clip")}
+        for name, value in rates.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and at least 0, got {value}")
+        if self.lr == 0 or self.min_lr > self.lr or self.grad_clip == 0:
+            raise ValueError(f"need 0 <= min_lr <= lr, lr > 0 and grad_clip > 0; got {rates}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+    def from_dict(cls, values: dict[str, Any], source: str = "training settings") -> TrainConfig:
+        """Settings saved by :meth:`to_dict`, each of its declared type (CheckpointError naming ``source``)."""
+        from hypernets.checkpoint import typed_config
         from hypernets.logah import LoGAHConfig
 
-        hypernet = values.get("hypernet", {})
-        return cls(**{**values, "hypernet": LoGAHConfig(**hypernet) if isinstance(hypernet, dict) else hypernet})
+        return typed_config(cls, values, source, ignore=(), namespace={"LoGAHConfig": LoGAHConfig})
 
 
 def parameter_groups(hnet: LoGAH, config: TrainConfig) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from hypernets.atomic import atomic_write
 from hypernets.checkpoint import CheckpointError
 from hypernets.logah import LoGAH
 from hypernets.zoo.families import ArchSampler, get_family
@@ -25,6 +26,10 @@ from .tasks import task_for
 HYPERNET_DIR = "hypernet"  # LoGAH.from_pretrained reads the latest weights from here
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
+
+
+class TrainingDiverged(ValueError):
+    """The loss or gradient became NaN or infinite: settings the user can change, not a bug."""
 
 
 def train(config: TrainConfig, stop_after: int | None = None, progress: bool = True) -> LoGAH:
@@ -71,6 +76,11 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(hnet.parameters(), config.grad_clip)
+        if not torch.isfinite(grad_norm):  # all ranks see the same averaged gradient, so all stop here
+            raise TrainingDiverged(
+                f"meta-training diverged at step {step + 1}: the gradient norm is {grad_norm.item()} (loss "
+                f"{loss.item():.4g}); lower --lr or lengthen --warmup. The last checkpoint in {out} is intact"
+            )
         optimizer.step()
         step += 1
         mean_loss = dist.mean(loss)
@@ -92,7 +102,8 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
 def _publish(hnet: LoGAH, out: Path, family: str) -> None:
     """The latest hypernetwork where ``hypernets predict`` and ``evaluate`` read it, and the loss curve so far."""
     hnet.save_pretrained(out / HYPERNET_DIR)
-    plot_loss(read_metrics(out / METRICS_FILE), out / LOSS_PLOT, f"meta-training on the {family} family")
+    metrics = read_metrics(out / METRICS_FILE)
+    atomic_write(out / LOSS_PLOT, lambda path: plot_loss(metrics, path, f"meta-training on the {family} family"))
 
 
 def _progress(step: int, total: int, enabled: bool):

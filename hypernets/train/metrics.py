@@ -46,5 +46,5 @@ def plot_loss(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set(xlabel="step", ylabel="mean task loss of predicted networks", title=title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, format="png", dpi=120)
     plt.close(fig)

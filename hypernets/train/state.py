@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from hypernets.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_tensors
+from hypernets.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, save_checkpoint, save_tensors
 
 KIND = "hypernets.train"
 LATEST = "latest"
@@ -67,6 +67,7 @@ def load_state(
 ) -> tuple[int, dict[str, Any]]:
     """Restore what :func:`save_state` wrote; returns the step and the run's saved settings."""
     meta, tensors = load_checkpoint(directory, KIND)
+    _check_meta(meta, directory)
     if meta["world_size"] != world_size:
         raise CheckpointError(
             f"{directory} was written by {meta['world_size']} processes; resume it with as many (got {world_size})"
@@ -80,6 +81,20 @@ def load_state(
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     _set_rng_states(load_file(directory / f"rng-rank{rank}.safetensors"), generators)
     return meta["step"], meta["train"]
+
+
+def _check_meta(meta: dict[str, Any], directory: Path) -> None:
+    """The fields :func:`save_state` writes, each of its type: a hand-edited or foreign file is named."""
+    from hypernets.train.config import TrainConfig
+
+    source = directory / CONFIG_FILE
+    for name, kind in (("step", int), ("world_size", int), ("train", dict), ("param_groups", list)):
+        if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool):
+            raise CheckpointError(f"{source}: {name!r} is missing or not a {kind.__name__}; not a training checkpoint")
+    TrainConfig.from_dict(meta["train"], f"{source} (train)")
+    rng = directory / f"rng-rank{0}.safetensors"
+    if not rng.is_file():
+        raise CheckpointError(f"{rng} is missing: the checkpoint is incomplete")
 
 
 def _rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:

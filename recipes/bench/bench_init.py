@@ -91,7 +91,7 @@ def main() -> None:
 
     archs = get_family(args.family).heldout_archs(args.heldout)
     curves = compare_inits(archs, hypernets, args.family, args.finetune_steps, args.finetune_lr)
-    print(write_report(curves, args.out / "results", task_for(args.family).metric))
+    print(write_report(curves, args.out / "results", task_for(args.family).metric, overwrite=True))
     print(f"wrote {args.out / 'results'}/results.md and curves.png")
 
 
