@@ -103,11 +103,11 @@ def _name_and_kwargs(rest: str) -> tuple[str, dict[str, Any]]:
 
 
 def _call(family: str, name: str, factory: Callable[..., nn.Module], /, **kwargs: Any) -> nn.Module:
-    """Run a model factory, reporting a bad name or argument as a spec error rather than a traceback
-    (timm checks some arguments with ``assert``)."""
+    """Run a third-party model factory on the user's arguments: whatever it raises (timm asserts, transformers
+    raises its own validation errors) is about those arguments, so it is reported as a spec error."""
     try:
         return factory(**kwargs)
-    except (RuntimeError, ValueError, TypeError, KeyError, AssertionError) as err:
+    except Exception as err:
         raise ModelSpecError(f"cannot build {family} model {name!r}: {err}") from err
 
 

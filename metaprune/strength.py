@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from hypernets.checkpoint import read_json, typed_config
+
 from .finetune import finetune, recalibrate_batchnorm
 from .measure import accuracy
 from .metanet import Metanet
@@ -101,8 +103,8 @@ class Calibration:
         path = Path(directory) / CALIBRATION_FILE
         if not path.is_file():
             return None
+        data = read_json(path, "rewrite-strength calibration", ValueError)
         try:
-            data = json.loads(path.read_text())
             calibration = cls(
                 speedups=tuple(data["speedups"]),
                 candidates=tuple(data["candidates"]),
@@ -110,11 +112,16 @@ class Calibration:
                 scores={
                     family: tuple(tuple(map(tuple, row)) for row in rows) for family, rows in data["scores"].items()
                 },
-                budget=Budget(**data["budget"]),
+                budget=typed_config(Budget, data["budget"], f"{path} (budget)", ignore=()),
             )
             if POOLED not in calibration.strengths:
                 raise KeyError(POOLED)
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            values = [*calibration.speedups, *calibration.candidates, *sum(calibration.strengths.values(), ())]
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+                raise TypeError("speed-ups, candidates and strengths must be finite numbers")
+            if not all(0 <= v <= 1 for v in sum(calibration.strengths.values(), ())):
+                raise ValueError("strengths must be in [0, 1]")
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"{path}: not a rewrite-strength calibration (calibrate again): {err!r}") from err
         return calibration
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from .errors import UnsupportedModuleError, describe_module
+from .errors import GraphConversionError, UnsupportedModuleError, describe_module
 from .inputs import Inputs
 from .ir import ModelIR, Op
 from .tracer import trace
@@ -106,6 +106,12 @@ def to_neuron_graph(model: nn.Module, inputs: Inputs = None, ir: ModelIR | None 
     parameters the forward pass never reads (not in the graph).
     """
     ir = ir or trace(model, inputs)
+    if not set(ir.parameters) - set(ir.unused):
+        unused = f" (its parameters {', '.join(ir.unused[:3])} are never read by forward)" if ir.unused else ""
+        raise GraphConversionError(
+            f"{describe_module('', type(model).__name__)}: no parameter takes part in the forward pass{unused}; "
+            "a neuron graph is made of the layers' weights, so there is nothing to convert"
+        )
     builder = _Builder(model, ir)
     for op in ir.ops:
         builder.add(op)
