@@ -11,12 +11,13 @@ used and the window between them is a few microseconds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -47,15 +48,15 @@ class Staging:
 
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final)
+        self._created: list[Path] = []  # parent directories made for the outputs, outermost first
 
     def file(self, path: str | os.PathLike, write: Callable[[str], object]) -> None:
         path = Path(path)
-        sweep_stale(path)
-        temporary = _temporary_name(path)
-        self._staged.append((temporary, path))
-        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        write(str(temporary))
-        _fsync(temporary)
+        temporary = self._begin(path)
+        with _naming(path):
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            write(str(temporary))
+            _fsync(temporary)
 
     def directory(self, path: str | os.PathLike, fill: Callable[[Path], object], overwrite: bool = False) -> None:
         path = Path(path)
@@ -63,14 +64,26 @@ class Staging:
             raise FileExistsError(errno.EEXIST, "already exists; pass --overwrite to replace it", str(path))
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(path))
+        temporary = self._begin(path)
+        with _naming(path):
+            temporary.mkdir(0o777)
+            fill(temporary)
+            for child in temporary.rglob("*"):
+                if child.is_file():
+                    _fsync(child)
+
+    def _begin(self, path: Path) -> Path:
+        """Create the missing parents of ``path`` (removed again if nothing is published), sweep its stale
+        temporaries, and reserve a temporary name for it."""
+        missing = [parent for parent in path.parents if not parent.exists()]
+        with _naming(path):
+            for parent in reversed(missing):
+                parent.mkdir(0o777)
+                self._created.append(parent)
         sweep_stale(path)
         temporary = _temporary_name(path)
         self._staged.append((temporary, path))
-        temporary.mkdir(0o777)
-        fill(temporary)
-        for child in temporary.rglob("*"):
-            if child.is_file():
-                _fsync(child)
+        return temporary
 
     def __enter__(self) -> Staging:
         return self
@@ -78,13 +91,20 @@ class Staging:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        published = False
         try:
             if kind is None:
                 for temporary, final in self._staged:
-                    _publish(temporary, final)
+                    with _naming(final):
+                        _publish(temporary, final)
+                published = True
         finally:
             for temporary, _ in self._staged:
                 _remove(temporary)
+            if not published:
+                for parent in reversed(self._created):
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()  # only if still empty
 
 
 def sweep_stale(path: str | os.PathLike) -> list[Path]:
@@ -99,6 +119,18 @@ def sweep_stale(path: str | os.PathLike) -> list[Path]:
             _remove(candidate)
             removed.append(candidate)
     return removed
+
+
+@contextlib.contextmanager
+def _naming(final: Path) -> Iterator[None]:
+    """Report a failed write (a full disk, a read-only file system) under the output's own name, not the
+    temporary's, which the user never asked for."""
+    try:
+        yield
+    except OSError as err:
+        if err.strerror and err.filename != str(final):
+            raise type(err)(err.errno, err.strerror, str(final)) from err
+        raise
 
 
 def _temporary_name(path: Path) -> Path:

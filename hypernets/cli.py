@@ -99,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     from hypernets.checkpoint import CheckpointError
     from hypernets.graph import GraphConversionError
+    from hypernets.train.loop import TrainingDiverged
 
-    return run_command("hypernets", build_parser(), argv, (GraphConversionError, ModelSpecError, CheckpointError))
+    user_errors = (GraphConversionError, ModelSpecError, CheckpointError, TrainingDiverged)
+    return run_command("hypernets", build_parser(), argv, user_errors)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -171,6 +171,9 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.sparse_steps:
         sparse_losses = sparse_train(model, example, train, steps=args.sparse_steps, lr=args.lr, seed=args.seed)
         model.eval()
+        check_finite_tensors(
+            model.state_dict(), f"sparse training diverged ({args.sparse_steps} steps); lower --lr:", UsageError
+        )
     try:
         result = prune(
             model,

@@ -11,6 +11,7 @@ which is what plain ``torch.fx`` and autograd walks get wrong or right by accide
 from __future__ import annotations
 
 import functools
+import logging
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,7 +74,8 @@ def trace(model: nn.Module, inputs: Inputs = None) -> ModelIR:
     args, kwargs = normalize_inputs(model, inputs)
     recorder = _Recorder(model)
     recorder.add_inputs(args, kwargs)
-    with _eval_mode(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), recorder.hooks():
+    quiet = _quiet_fake_tensor_log()  # it logs a traceback for every failed op; the error below says it once
+    with quiet, _eval_mode(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), recorder.hooks():
         try:
             with recorder:
                 output = model(*args, **kwargs)
@@ -85,6 +87,17 @@ def trace(model: nn.Module, inputs: Inputs = None) -> ModelIR:
                 f"in module {recorder.current_module()}: {type(err).__name__}: {err}"
             ) from err
     return recorder.finish(output)
+
+
+@contextmanager
+def _quiet_fake_tensor_log() -> Iterator[None]:
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _Recorder(TorchFunctionMode):
