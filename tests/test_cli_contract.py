@@ -675,3 +675,65 @@ def test_predict_replaces_an_existing_file_only_with_overwrite(files, tmp_path, 
     assert hypernets_main([*argv, "--overwrite"]) == 0
     assert {k: v.tolist() for k, v in load_file(out).items()} == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+# -- a run directory to resume, damaged --------------------------------------------------------------------------
+TRAIN = [
+    "train",
+    "--steps",
+    "2",
+    "--checkpoint-every",
+    "1",
+    "--archs-per-step",
+    "1",
+    "--batch-size",
+    "2",
+    "--hidden",
+    "16",
+    "--heads",
+    "2",
+    "--layers",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished two-step run with its checkpoint."""
+    run = tmp_path_factory.mktemp("train") / "run"
+    assert hypernets_main([*TRAIN, "--out", str(run)]) == 0
+    return run
+
+
+def _checkpoint_meta(run: Path) -> Path:
+    return run / (run / "latest").read_text().strip() / "config.json"
+
+
+RESUME_DAMAGE = {
+    "no world_size": (lambda run: _edit_json(_checkpoint_meta(run), world_size=None), "'world_size'"),
+    "string step": (lambda run: _edit_json(_checkpoint_meta(run), step="2"), "'step'"),
+    "typed settings": (lambda run: _edit_json(_checkpoint_meta(run), train={"lr": "fast"}), "'lr'"),
+    "binary pointer": (lambda run: (run / "latest").write_bytes(b"\xff\xfe"), "latest"),
+    "dangling pointer": (lambda run: (run / "latest").write_text("checkpoint-99"), "latest"),
+    "escaping pointer": (lambda run: (run / "latest").write_text("../elsewhere"), "latest"),
+    "no rng state": (lambda run: next(_checkpoint_meta(run).parent.glob("rng-*")).unlink(), "rng-rank0"),
+    "nan weights": (lambda run: _poison(_checkpoint_meta(run).parent / "model.safetensors"), "NaN or infinite"),
+}
+
+
+def _poison(weights: Path) -> None:
+    state = load_file(weights)
+    state = {k: v.clone() for k, v in state.items()}
+    next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    save_file(state, weights)
+
+
+@pytest.mark.parametrize("damage", RESUME_DAMAGE, ids=str)
+def test_resuming_a_damaged_run_exits_2_naming_the_file(damage, run_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "run")
+    edit, culprit = RESUME_DAMAGE[damage]
+    edit(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    run(Case((*TRAIN[:2], "3", *TRAIN[3:], "--out", "run"), culprit), tmp_path, capsys)

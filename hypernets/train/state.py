@@ -53,8 +53,17 @@ def save_state(
 
 
 def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint ``out/latest`` names, if there is one; a pointer that names no checkpoint is an error."""
     pointer = out / LATEST
-    return out / pointer.read_text().strip() if pointer.is_file() else None
+    if not pointer.is_file():
+        return None
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        name = ""
+    if not name.startswith("checkpoint-") or "/" in name or not (out / name).is_dir():
+        raise CheckpointError(f"{pointer} names no checkpoint directory of {out}; remove it to start the run afresh")
+    return out / name
 
 
 def load_state(
