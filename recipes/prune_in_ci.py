@@ -42,13 +42,15 @@ def main() -> int:
     print("$ metaprune", " ".join(arguments), flush=True)
     # The `metaprune` console script's entry point, run by this interpreter: found without an activated venv.
     status = subprocess.run([sys.executable, "-m", "metaprune.cli", *arguments], check=False).returncode
-    if status == 2:
-        print("bad input: fix the model files or the target", file=sys.stderr)
+    if status == 0:
+        print(f"pruned model in {args.work / 'pruned'}, report in {args.work / 'report.json'}")
     elif status == 1:
         reasons = json.loads((args.work / "report.json").read_text())["reasons"]
         print("pruning missed its target: " + "; ".join(reasons), file=sys.stderr)
+    elif status == 2:
+        print("bad input: the line above names the file or option to fix", file=sys.stderr)
     else:
-        print(f"pruned model in {args.work / 'pruned'}, report in {args.work / 'report.json'}")
+        print(f"metaprune failed (exit {status}): a crash or a kill, not a verdict on the model", file=sys.stderr)
     return status
 
 
