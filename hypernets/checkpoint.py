@@ -160,12 +160,20 @@ def _type_name(expected: Any) -> str:
     )
 
 
-def check_shapes(factory: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], source: str) -> None:
-    """Build ``factory()`` on the ``meta`` device (nothing allocated) and compare its tensors with ``state``:
-    settings that imply a 51 GB model fail here, not in the allocator."""
+def load_model(
+    directory: str | os.PathLike, kind: str, settings_class: type[Config], build: Callable[[Config], torch.nn.Module]
+) -> torch.nn.Module:
+    """The model a checkpoint directory of ``kind`` holds, ``build(settings)`` with its weights loaded: the
+    settings checked for type, the tensors for shape against a build on the ``meta`` device (settings that
+    imply a 51 GB model fail here, not in the allocator), and only then the real build."""
+    directory = Path(directory)
+    config, state = load_checkpoint(directory, kind)
+    settings = typed_config(settings_class, config, directory / CONFIG_FILE)
     with torch.device("meta"):
-        skeleton = factory()
-    _compare_state(skeleton, state, source)
+        _compare_state(build(settings), state, directory / WEIGHTS_FILE)
+    model = build(settings)
+    model.load_state_dict(state)
+    return model
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:

@@ -20,16 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from hypernets.checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
-    check_shapes,
-    load_checkpoint,
-    load_state_strict,
-    save_checkpoint,
-    typed_config,
-)
+from hypernets.checkpoint import CheckpointError, load_model, save_checkpoint
 from hypernets.graph import to_op_graph
 from hypernets.graph.inputs import Inputs
 from hypernets.graph.vocab import OP_KINDS
@@ -221,13 +212,7 @@ class LoGAH(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoGAH:
         """A checkpoint directory, or the name of a shipped hypernetwork (``"vit-mnist"``, ``"gpt2-pydoc"``;
         see :mod:`hypernets.pretrained`). An existing directory of that name wins."""
-        directory = _checkpoint_dir(directory)
-        config, state = load_checkpoint(directory, CHECKPOINT_KIND)
-        settings = typed_config(LoGAHConfig, config, directory / CONFIG_FILE)
-        check_shapes(lambda: cls(settings), state, directory / WEIGHTS_FILE)
-        model = cls(settings)
-        load_state_strict(model, state, directory / WEIGHTS_FILE)
-        return model.to(map_location)
+        return load_model(_checkpoint_dir(directory), CHECKPOINT_KIND, LoGAHConfig, cls).to(map_location)
 
 
 def _checkpoint_dir(name_or_dir: str | os.PathLike) -> Path:

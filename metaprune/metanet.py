@@ -15,22 +15,13 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 
-from hypernets.checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    check_shapes,
-    load_checkpoint,
-    load_state_strict,
-    save_checkpoint,
-    typed_config,
-)
+from hypernets.checkpoint import load_model, save_checkpoint
 from hypernets.graph import EDGE_TYPES, NODE_SLOTS, NODE_TYPES, from_neuron_graph, to_neuron_graph
 from hypernets.graph.inputs import Inputs
 from hypernets.graph.neuron_graph import EdgePlacement, NodePlacement
@@ -191,13 +182,7 @@ class Metanet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Metanet:
-        directory = Path(directory)
-        config, state = load_checkpoint(directory, CHECKPOINT_KIND)
-        settings = typed_config(MetanetConfig, config, directory / CONFIG_FILE)
-        check_shapes(lambda: cls(settings), state, directory / WEIGHTS_FILE)
-        metanet = cls(settings)
-        load_state_strict(metanet, state, directory / WEIGHTS_FILE)
-        return metanet.to(map_location)
+        return load_model(directory, CHECKPOINT_KIND, MetanetConfig, cls).to(map_location)
 
 
 def graph_state(graph: Data) -> dict[str, Tensor]:
