@@ -389,8 +389,9 @@ def run_train(args: argparse.Namespace) -> int:
         amp=not args.no_amp,
         hypernet=hypernet,
     )
-    check_fits_in_memory(count_parameters(hypernet), "the hypernetwork options (--hidden, --layers, --rank, ...)")
-    print(f"{hypernet.decoder} hypernetwork, {count_parameters(hypernet):,} parameters; writing {args.out}")
+    parameters = count_parameters(hypernet)
+    check_fits_in_memory(parameters, "the hypernetwork options (--hidden, --layers, --rank, ...)")
+    print(f"{hypernet.decoder} hypernetwork, {parameters:,} parameters; writing {args.out}")
     train(config)
     print(f"wrote {args.out}/hypernet, {args.out}/metrics.jsonl and {args.out}/loss.png")
     return 0

@@ -116,10 +116,11 @@ class Calibration:
             )
             if POOLED not in calibration.strengths:
                 raise KeyError(POOLED)
-            values = [*calibration.speedups, *calibration.candidates, *sum(calibration.strengths.values(), ())]
+            strengths = [v for row in calibration.strengths.values() for v in row]
+            values = [*calibration.speedups, *calibration.candidates, *strengths]
             if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
                 raise TypeError("speed-ups, candidates and strengths must be finite numbers")
-            if not all(0 <= v <= 1 for v in sum(calibration.strengths.values(), ())):
+            if not all(0 <= v <= 1 for v in strengths):
                 raise ValueError("strengths must be in [0, 1]")
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"{path}: not a rewrite-strength calibration (calibrate again): {err!r}") from err

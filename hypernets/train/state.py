@@ -35,7 +35,7 @@ def save_state(
     """Every rank writes its random states; then rank 0 writes the shared state and publishes it."""
     directory = out / f"checkpoint-{step}"
     directory.mkdir(parents=True, exist_ok=True)
-    save_tensors(directory / f"rng-rank{rank}.safetensors", _rng_states(generators))
+    save_tensors(_rng_file(directory, rank), _rng_states(generators))
     barrier()
     if rank == 0:
         optim = optimizer.state_dict()
@@ -76,7 +76,7 @@ def load_state(
 ) -> tuple[int, dict[str, Any]]:
     """Restore what :func:`save_state` wrote; returns the step and the run's saved settings."""
     meta, tensors = load_checkpoint(directory, KIND)
-    _check_meta(meta, directory)
+    _check_meta(meta, directory, rank)
     if meta["world_size"] != world_size:
         raise CheckpointError(
             f"{directory} was written by {meta['world_size']} processes; resume it with as many (got {world_size})"
@@ -88,11 +88,11 @@ def load_state(
             index, name = key.removeprefix("optim.").split(".", 1)
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    _set_rng_states(load_file(directory / f"rng-rank{rank}.safetensors"), generators)
+    _set_rng_states(load_file(_rng_file(directory, rank)), generators)
     return meta["step"], meta["train"]
 
 
-def _check_meta(meta: dict[str, Any], directory: Path) -> None:
+def _check_meta(meta: dict[str, Any], directory: Path, rank: int) -> None:
     """The fields :func:`save_state` writes, each of its type: a hand-edited or foreign file is named."""
     from hypernets.train.config import TrainConfig
 
@@ -101,9 +101,13 @@ def _check_meta(meta: dict[str, Any], directory: Path) -> None:
         if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool):
             raise CheckpointError(f"{source}: {name!r} is missing or not a {kind.__name__}; not a training checkpoint")
     TrainConfig.from_dict(meta["train"], f"{source} (train)")
-    rng = directory / f"rng-rank{0}.safetensors"
+    rng = _rng_file(directory, rank)
     if not rng.is_file():
         raise CheckpointError(f"{rng} is missing: the checkpoint is incomplete")
+
+
+def _rng_file(directory: Path, rank: int) -> Path:
+    return directory / f"rng-rank{rank}.safetensors"
 
 
 def _rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
