@@ -28,6 +28,7 @@ TINY_MODEL = "zoo:mlp?hidden=8,8"
 NAN_VALUES = ("nan", "NaN", "inf", "-inf")
 NOT_NUMBERS = ("abc", "", "1,5", "0x10")
 HUGE_INT = str(10**30)
+TINY_TRAIN = ("--archs-per-step", "1", "--batch-size", "2", "--hidden", "16", "--heads", "2", "--layers", "1")
 
 
 @pytest.fixture(scope="module")
@@ -256,11 +257,7 @@ def test_a_broken_checkpoint_file_exits_2_naming_it(command, part, content, file
         "predict": ("predict", "--hypernet", "ckpt", "--model", TINY_MODEL, "--out", "x.safetensors"),
         "evaluate": ("evaluate", "--hypernet", "A=ckpt", "--out", "results", "--archs", "1"),
         "metanet": (
-            "prune",
-            "--model",
-            str(files["model"]),
-            "--config",
-            str(files["config"]),
+            *_prune_base(files),
             "--out",
             "pruned",
             "--metanet",
@@ -391,11 +388,7 @@ def test_a_corrupt_calibration_exits_2_naming_it(edit, files, tmp_path, monkeypa
         path.write_text(json.dumps({**data, **content}))  # json writes NaN as NaN: a file a user might have
     monkeypatch.chdir(tmp_path)
     argv = (
-        "prune",
-        "--model",
-        str(files["model"]),
-        "--config",
-        str(files["config"]),
+        *_prune_base(files),
         "--out",
         "pruned",
         "--speedup",
@@ -409,6 +402,7 @@ def test_a_corrupt_calibration_exits_2_naming_it(edit, files, tmp_path, monkeypa
 # -- destinations: existing, under a file, unwritable, read-only, full ------------------------------------------
 def _destination_commands(files) -> dict[str, tuple[tuple[str, ...], str]]:
     """command: (argv without its output option, that option)."""
+    prune = _prune_base(files, "--speedup", "1.5", "--finetune-steps", "1", "--max-acc-drop", "100")
     return {
         "predict": (("predict", "--hypernet", str(files["hnet"]), "--model", TINY_MODEL), "--out"),
         "graph-json": (("graph", TINY_MODEL), "--json"),
@@ -417,58 +411,9 @@ def _destination_commands(files) -> dict[str, tuple[tuple[str, ...], str]]:
             ("evaluate", "--hypernet", f"A={files['hnet']}", "--archs", "1", "--finetune-steps", "0"),
             "--out",
         ),
-        "train": (
-            (
-                "train",
-                "--steps",
-                "1",
-                "--archs-per-step",
-                "1",
-                "--batch-size",
-                "2",
-                "--hidden",
-                "16",
-                "--heads",
-                "2",
-                "--layers",
-                "1",
-            ),
-            "--out",
-        ),
-        "prune": (
-            (
-                "prune",
-                "--model",
-                str(files["model"]),
-                "--config",
-                str(files["config"]),
-                "--speedup",
-                "1.5",
-                "--finetune-steps",
-                "1",
-                "--max-acc-drop",
-                "100",
-            ),
-            "--out",
-        ),
-        "prune-report": (
-            (
-                "prune",
-                "--model",
-                str(files["model"]),
-                "--config",
-                str(files["config"]),
-                "--speedup",
-                "1.5",
-                "--finetune-steps",
-                "1",
-                "--max-acc-drop",
-                "100",
-                "--out",
-                "pruned",
-            ),
-            "--report",
-        ),
+        "train": (("train", "--steps", "1", *TINY_TRAIN), "--out"),
+        "prune": (prune, "--out"),
+        "prune-report": ((*prune, "--out", "pruned"), "--report"),
     }
 
 
@@ -477,9 +422,7 @@ DESTINATION_COMMANDS = ("predict", "graph-json", "graph-plot", "evaluate", "trai
 
 
 @pytest.mark.parametrize("problem", DESTINATIONS)
-@pytest.mark.parametrize(
-    "command", ["predict", "graph-json", "graph-plot", "evaluate", "train", "prune", "prune-report"]
-)
+@pytest.mark.parametrize("command", DESTINATION_COMMANDS)
 def test_an_unusable_destination_exits_2_and_publishes_nothing(command, problem, files, tmp_path, monkeypatch, capsys):
     argv, option = _destination_commands(files)[command]
     monkeypatch.chdir(tmp_path)
@@ -519,21 +462,13 @@ def test_an_unusable_destination_exits_2_and_publishes_nothing(command, problem,
 
 
 # -- NaN never passes the gate -----------------------------------------------------------------------------------
+def _prune_base(files, *extra: str) -> tuple[str, ...]:
+    """``metaprune prune`` on the fixture's trained member, with ``extra`` options."""
+    return ("prune", "--model", str(files["model"]), "--config", str(files["config"]), *extra)
+
+
 def _prune_argv(files, *extra: str) -> list[str]:
-    return [
-        "prune",
-        "--model",
-        str(files["model"]),
-        "--config",
-        str(files["config"]),
-        "--out",
-        "pruned",
-        "--speedup",
-        "1.5",
-        "--finetune-steps",
-        "3",
-        *extra,
-    ]
+    return list(_prune_base(files, "--out", "pruned", "--speedup", "1.5", "--finetune-steps", "3", *extra))
 
 
 def test_nan_in_the_data_exits_2_and_publishes_nothing(files, tmp_path, monkeypatch, capsys):
@@ -616,23 +551,7 @@ def test_training_that_diverges_exits_2_and_keeps_the_last_checkpoint(tmp_path, 
     from hypernets.train import loop
 
     monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("nan")))
-    argv = [
-        "train",
-        "--out",
-        str(tmp_path / "run"),
-        "--steps",
-        "2",
-        "--archs-per-step",
-        "1",
-        "--batch-size",
-        "2",
-        "--hidden",
-        "16",
-        "--heads",
-        "2",
-        "--layers",
-        "1",
-    ]
+    argv = ["train", "--out", str(tmp_path / "run"), "--steps", "2", *TINY_TRAIN]
     assert hypernets_main(argv) == 2
     err = capsys.readouterr().err
     assert "diverged at step 1" in err and "--lr" in err
@@ -678,23 +597,7 @@ def test_predict_replaces_an_existing_file_only_with_overwrite(files, tmp_path, 
 
 
 # -- a run directory to resume, damaged --------------------------------------------------------------------------
-TRAIN = [
-    "train",
-    "--steps",
-    "2",
-    "--checkpoint-every",
-    "1",
-    "--archs-per-step",
-    "1",
-    "--batch-size",
-    "2",
-    "--hidden",
-    "16",
-    "--heads",
-    "2",
-    "--layers",
-    "1",
-]
+TRAIN = ["train", "--steps", "2", "--checkpoint-every", "1", *TINY_TRAIN]
 
 
 @pytest.fixture(scope="module")
