@@ -1,13 +1,22 @@
 """Build models from short spec strings, so the command line, recipes and tests name models one way.
 
-Every family is built locally from code and a config (random initialization, nothing downloaded).
+Every family is built locally, nothing downloaded: from code and a config (random initialization), from a
+Hugging Face directory written by ``save_pretrained`` (``hf:DIR``, its safetensors weights), or by a factory
+of the user's own importable from the current directory (``PKG.MODULE:CALLABLE``, as uvicorn names an app).
+``weights=`` loads a safetensors file strictly into any of them. No pickle is ever read.
 Libraries, torch included, are imported only when a model is built: they take seconds to import, and
 the command line reads the spec forms from here to print its help.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -23,6 +32,8 @@ SPEC_FORMS = (
     "gpt2:key=value,...           GPT-2 from config overrides, e.g. gpt2:n_layer=2,n_embd=64,n_head=4",
     "torchvision:NAME[?key=value] a torchvision model, e.g. torchvision:resnet18",
     "zoo:NAME[?key=value]         a hypernets.zoo CNN, e.g. zoo:resnet20, zoo:vgg, zoo:mlp",
+    "hf:DIR                       a Hugging Face save_pretrained directory (safetensors), e.g. hf:./my-llama",
+    "PKG.MODULE:CALLABLE[?k=v]    your factory, imported from the current directory, e.g. mypkg.nets:make?width=8",
 )
 
 # GPT-2 sizes as released by OpenAI; GPT2Config's defaults are "small".
@@ -40,27 +51,49 @@ class ModelSpecError(ValueError):
     """A model spec names no known family or model, or its arguments do not build one."""
 
 
-def build_model(spec: str, device: Device = "cpu") -> nn.Module:
-    """Build the model ``spec`` names (see ``SPEC_FORMS``) in eval mode, with parameters on ``device``.
+def spec_family(spec: str) -> str:
+    """The family ``spec`` names: ``"timm"``, ``"gpt2"``, ``"torchvision"``, ``"zoo"``, ``"hf"``, or ``"factory"``
+    for ``PKG.MODULE:CALLABLE`` (a dotted module path that is no family name)."""
+    family, sep, _ = spec.partition(":")
+    if sep and (family in _BUILDERS or family == "hf"):
+        return family
+    if sep and family and all(part.isidentifier() for part in family.split(".")):
+        return "factory"
+    raise ModelSpecError(_unknown(spec))
+
+
+def build_model(spec: str, device: Device = "cpu", weights: str | os.PathLike | None = None) -> nn.Module:
+    """Build the model ``spec`` names (see ``SPEC_FORMS``) in eval mode, with parameters on ``device``, and
+    load the safetensors file ``weights`` into it when given (for ``hf:DIR``, instead of the directory's).
 
     ``meta`` allocates nothing, which is all graph conversion needs: GPT-2 XL builds in a fraction of a second.
+    The weights file is read before the model is built, so a bad path fails before a long build.
     """
     import torch
 
-    family, sep, rest = spec.partition(":")
-    builder = _BUILDERS.get(family)
-    if not sep or builder is None:
-        raise ModelSpecError(f"unknown model spec {spec!r}; accepted forms:\n  " + "\n  ".join(SPEC_FORMS))
+    if weights is not None and device == "meta":
+        raise ValueError("weights cannot be loaded into a model on the meta device")
+    family, rest = spec_family(spec), spec.partition(":")[2]
+    path = None if weights is None else Path(weights)
+    state = None if path is None else _read_weights(path)
     with torch.device(device):
-        model = builder(rest)
+        if family == "hf":
+            model = _hf(rest, own_weights=device != "meta" and state is None)
+        elif family == "factory":
+            model = _factory(spec)
+        else:
+            model = _BUILDERS[family](rest)
+    if path is not None:
+        _load_weights(model, state, path)
     return model.eval()
 
 
 def example_input_shape(spec: str, model: nn.Module) -> tuple[int, ...] | None:
-    """The float input to trace ``model`` on where the tracer cannot guess one (timm and GPT-2 models say
-    what they take): torchvision models take ImageNet images, zoo models MNIST or CIFAR ones, told apart by
-    the input width of their first layer (1 channel or 784 features for MNIST)."""
-    family = spec.partition(":")[0]
+    """The float input to trace ``model`` on where the tracer cannot guess one (timm, GPT-2 and Hugging Face
+    models say what they take; a factory's user passes one): torchvision models take ImageNet images, zoo
+    models MNIST or CIFAR ones, told apart by the input width of their first layer (1 channel or 784
+    features for MNIST)."""
+    family = spec_family(spec)
     if family == "torchvision":
         return (1, 3, 224, 224)
     if family == "zoo":
@@ -68,6 +101,10 @@ def example_input_shape(spec: str, model: nn.Module) -> tuple[int, ...] | None:
 
         return input_shape("mnist" if next(model.parameters()).shape[1] in (1, 28 * 28) else "cifar")
     return None
+
+
+def _unknown(spec: str, reason: str = "") -> str:
+    return f"unknown model spec {spec!r}{reason}; accepted forms:\n  " + "\n  ".join(SPEC_FORMS)
 
 
 def parse_kwargs(text: str, separator: str) -> dict[str, Any]:
@@ -152,3 +189,166 @@ _BUILDERS: dict[str, Callable[[str], nn.Module]] = {
     "torchvision": _torchvision,
     "zoo": _zoo,
 }
+
+
+def _read_weights(path: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file, all finite; anything else is the user's to fix, named by path."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from hypernets.checkpoint import check_finite_tensors
+
+    if not path.is_file():
+        raise ModelSpecError(f"{path}: no such weights file")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelSpecError(f"{path}: not a readable safetensors file: {err}") from err
+    check_finite_tensors(state, str(path), ModelSpecError)
+    return state
+
+
+def _load_weights(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Load every tensor strictly; a tied parameter may be stored once (safetensors refuses shared tensors,
+    so ``save_pretrained`` and ``hypernets predict`` write one name), and its other names are filled from it."""
+    from hypernets.checkpoint import CheckpointError, load_state_strict
+
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    state = dict(state)
+    for aliases in names.values():
+        stored = next((name for name in aliases if name in state), None)
+        if stored is not None:
+            for name in aliases:
+                state.setdefault(name, state[stored])
+    try:
+        load_state_strict(model, state, path)
+    except CheckpointError as err:
+        raise ModelSpecError(str(err)) from err
+
+
+def _hf(directory: str, own_weights: bool) -> nn.Module:
+    """The class the config's ``architectures`` names, from the config alone or with the directory's weights
+    (safetensors only: a ``.bin`` is a pickle, which can run code when read)."""
+    import transformers
+
+    from hypernets.checkpoint import check_finite_tensors
+
+    path = Path(directory)
+    if not directory:
+        raise ModelSpecError("the model spec hf: names no directory; e.g. hf:./my-llama")
+    if not (path / "config.json").is_file():
+        what = "has no config.json" if path.is_dir() else "is not a directory"
+        raise ModelSpecError(f"hf:{directory}: {what}; expected a directory written by save_pretrained")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as err:
+        raise ModelSpecError(f"hf:{directory}: cannot read its config.json: {err}") from err
+    cls = _hf_class(config, directory)
+    if not own_weights:
+        return cls.from_config(config) if cls is transformers.AutoModelForCausalLM else cls(config)
+    if not any(path.glob("*.safetensors")):
+        found = "only pickled .bin weights, which are never read" if any(path.glob("*.bin")) else "no weights"
+        raise ModelSpecError(
+            f"hf:{directory}: has {found}; re-save it with save_pretrained(DIR, safe_serialization=True)"
+        )
+    options = {"local_files_only": True, "use_safetensors": True, "output_loading_info": True}
+    try:
+        with _quiet_transformers():
+            model, info = cls.from_pretrained(path, **options)
+    except Exception as err:
+        raise ModelSpecError(f"hf:{directory}: cannot load its weights: {err}") from err
+    problems = [f"{kind.replace('_', ' ')}: {_some(info[kind])}" for kind in _HF_PROBLEMS if info[kind]]
+    if problems:
+        raise ModelSpecError(f"hf:{directory}: its weights do not match its config: {'; '.join(problems)}")
+    check_finite_tensors(model.state_dict(), f"hf:{directory}", ModelSpecError)
+    return model
+
+
+_HF_PROBLEMS = ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+
+
+def _some(items: Any, shown: int = 8) -> str:
+    names = sorted(map(str, items))
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bar or load report: a mismatch becomes one ModelSpecError, and the CLI prints one line."""
+    from transformers.utils import logging
+
+    verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bar:
+            logging.enable_progress_bar()
+
+
+def _hf_class(config: Any, directory: str) -> Any:
+    import transformers
+
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        return transformers.AutoModelForCausalLM
+    cls = getattr(transformers, architectures[0], None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ModelSpecError(
+            f"hf:{directory}: architecture {architectures[0]!r} in config.json is not a model class of "
+            f"transformers {transformers.__version__}"
+        )
+    return cls
+
+
+def _factory(spec: str) -> nn.Module:
+    """``CALLABLE(**kwargs)`` from ``PKG.MODULE``, imported with the current directory first on ``sys.path``
+    (where the user's code is, as for ``python -m``), which is restored afterwards."""
+    from torch import nn
+
+    target, _, query = spec.partition("?")
+    module_name, _, attribute = target.partition(":")
+    if not attribute:
+        raise ModelSpecError(f"model spec {spec!r} names no callable; e.g. {module_name}:make")
+    kwargs = parse_kwargs(query, "&")
+    module = _import_from_cwd(module_name, spec)
+    try:
+        factory = functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError as err:
+        raise ModelSpecError(f"module {module_name!r} has no attribute {attribute!r}") from err
+    if not callable(factory):
+        raise ModelSpecError(f"{target} is a {type(factory).__name__}, not callable")
+    try:
+        model = factory(**kwargs)
+    except Exception as err:
+        raise ModelSpecError(f"{target}({_arguments(kwargs)}) raised {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _import_from_cwd(module_name: str, spec: str) -> Any:
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    importlib.invalidate_caches()  # the module may have been written since the last import looked here
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise ModelSpecError(
+                _unknown(spec, f": no family and no module {module_name!r} in {cwd} or the installed packages")
+            ) from err
+        raise ModelSpecError(f"importing module {module_name!r} failed: {err}") from err
+    except Exception as err:
+        raise ModelSpecError(f"importing module {module_name!r} failed: {type(err).__name__}: {err}") from err
+    finally:
+        if cwd in sys.path:  # the module may have removed it itself
+            sys.path.remove(cwd)
+
+
+def _arguments(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
