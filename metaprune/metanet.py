@@ -8,11 +8,18 @@ the same way. Values are divided by their tensor's RMS on the way in (trained we
 the output is ``value + alpha * rms * delta`` with a learned ``alpha`` that starts at ``1e-3``: a
 fresh metanetwork is nearly the identity map. Only parameters change; batch-norm statistics, padding
 columns and identity edges are passed through untouched.
+
+Edges are read and written at ``max_width`` values, whatever kernel the converter emits: an edge that fits
+is zero-padded to it (exactly as before resampling existed), a wider one (a 7x7 stem, a 1-D kernel of 11,
+a flattened 7x7 map) is resampled to ``max_width`` values on the way in and its decoded delta back to the
+edge's own width on the way out, per group of edges of one width (:func:`resample`). Narrow kernels in a
+graph that also has wide ones read their values exactly as in a graph without them.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -39,7 +46,7 @@ class MetanetConfig:
     node_dim: int = 64
     edge_dim: int = 64
     layers: int = 3
-    max_width: int = 9  # widest edge (kernel size k * k) it reads and writes
+    max_width: int = 9  # resolution at which kernels are read (k * k = 9: 3x3); wider ones are resampled
     residual_scale: float = 1e-3  # initial alpha
 
     def __post_init__(self) -> None:
@@ -50,12 +57,14 @@ class MetanetConfig:
 
 @dataclass(frozen=True)
 class GraphLayout:
-    """Which values of a neuron graph are parameters, and the RMS of the tensor each belongs to."""
+    """Which values of a neuron graph are parameters, the RMS of the tensor each belongs to, and the true
+    width of every edge (``edge_attr`` is zero-padded to the widest kernel of the graph)."""
 
     node_mask: Tensor  # [N, slots] bool: a parameter lives here
     node_scale: Tensor  # [N, slots]
     edge_mask: Tensor  # [E, width] bool: a weight value (not padding, not a tied copy) lives here
     edge_scale: Tensor  # [E, 1]
+    edge_groups: tuple[tuple[int, Tensor], ...]  # (width, edge ids) per edge width above 1, ascending
 
     @classmethod
     def of(cls, graph: Data) -> GraphLayout:
@@ -70,11 +79,108 @@ class GraphLayout:
                 rows = slice(p.start, p.start + p.rows * p.cols)
                 edge_scale[rows] = _rms(attr[rows, : p.width])
                 edge_mask[rows, : p.width] = True
-        return cls(node_mask, node_scale, edge_mask, edge_scale)
+        return cls(node_mask, node_scale, edge_mask, edge_scale, _edge_groups(graph, attr))
+
+    def wider_than(self, width: int) -> tuple[tuple[int, Tensor], ...]:
+        """The edge groups whose values do not fit in ``width`` columns (the ones to resample)."""
+        return tuple((w, edges) for w, edges in self.edge_groups if w > width)
+
+
+def _edge_groups(graph: Data, attr: Tensor) -> tuple[tuple[int, Tensor], ...]:
+    """``(width, edge ids)`` for each true edge width above 1 (a single value never needs resampling, and
+    the largest graphs, transformers, are all 1 wide: they pay nothing)."""
+    if attr.shape[1] == 1:
+        return ()
+    edge_width = torch.ones(len(attr), dtype=torch.int32, device=attr.device)  # identity edges: column 0
+    placed = set()
+    for p in graph.placements:
+        if isinstance(p, EdgePlacement):
+            edge_width[p.start : p.start + p.rows * p.cols] = p.width
+            placed.add(p.width)
+    tied = graph.edge_type == EDGE_TYPES.index("tied")
+    if tied.any():
+        edge_width[tied] = _tied_widths(attr[tied], placed).to(edge_width.dtype)
+    return tuple((w, (edge_width == w).nonzero().flatten()) for w in edge_width.unique().tolist() if w > 1)
+
+
+def _tied_widths(attr: Tensor, placed: set[int]) -> Tensor:
+    """Widths of tied edges, which have no placement of their own: the narrowest placed width (the tensor
+    they copy is placed) that holds all their nonzero values, so a tied 7x7 kernel reads as 49 values."""
+    occupied = ((attr != 0) * torch.arange(1, attr.shape[1] + 1, device=attr.device)).amax(dim=1)
+    widths = torch.tensor(sorted(placed | {attr.shape[1]}), device=attr.device)
+    return widths[torch.searchsorted(widths, occupied.clamp_min(1))]
 
 
 def _rms(values: Tensor) -> Tensor:
     return values.float().square().mean().sqrt().clamp_min(MIN_SCALE).to(values.dtype)
+
+
+def _square_side(width: int) -> int | None:
+    side = math.isqrt(width)
+    return side if side * side == width else None
+
+
+def _grid(width: int, square: bool) -> tuple[int, int]:
+    return (_square_side(width),) * 2 if square else (1, width)
+
+
+def resample(values: Tensor, width: int) -> Tensor:
+    """``[n, w] -> [n, width]``: each row's values resampled, as a k x k image when both widths are squares
+    (k x k kernels, flattened square maps), else as a line (1-D kernels, 1 x k, odd shapes).
+
+    Bilinear with the pixel-area convention (``align_corners=False``) both ways, antialiased when
+    shrinking: a read value is a weighted mean of the kernel around its cell and the written delta is
+    interpolated from the same cell centres, so what the metanetwork reads at a cell it writes there. The
+    weights are non-negative and sum to one, so the values keep their scale (they are already over their
+    tensor's RMS) and a constant stays constant.
+    """
+    n, w = values.shape
+    square = _square_side(w) is not None and _square_side(width) is not None
+    image = values.float().reshape(n, 1, *_grid(w, square))
+    out = nn.functional.interpolate(
+        image, size=_grid(width, square), mode="bilinear", align_corners=False, antialias=width < w
+    )
+    return out.reshape(n, width).to(values.dtype)
+
+
+def _resample_mask(mask: Tensor, width: int) -> Tensor:
+    """``[n, w] -> [n, width]``, 1 where any value of the cell's region exists (the mask of a resampled edge)."""
+    n, w = mask.shape
+    square = _square_side(w) is not None and _square_side(width) is not None
+    image = mask.float().reshape(n, 1, *_grid(w, square))
+    return nn.functional.adaptive_max_pool2d(image, _grid(width, square)).reshape(n, width).to(mask.dtype)
+
+
+def _fit_columns(values: Tensor, width: int) -> Tensor:
+    """Zero-pad or cut ``values`` to ``width`` columns (for an edge that fits, only zero padding is cut)."""
+    if values.shape[1] >= width:
+        return values[:, :width]
+    return nn.functional.pad(values, (0, width - values.shape[1]))
+
+
+def read_edges(attr: Tensor, layout: GraphLayout, max_width: int) -> Tensor:
+    """The edge encoder's input ``[E, 2 * max_width]``: values over their tensor's RMS, then which exist.
+
+    Edges that fit are zero-padded (or their padding cut), so a graph no wider than ``max_width`` is read
+    exactly as before resampling existed; each wider group is resampled from its own width, not the
+    padded one.
+    """
+    scaled = attr / layout.edge_scale
+    values, mask = _fit_columns(scaled, max_width), _fit_columns(layout.edge_mask, max_width)
+    for width, edges in layout.wider_than(max_width):
+        values = values.index_put((edges,), resample(scaled[edges, :width], max_width))
+        mask = mask.index_put((edges,), _resample_mask(layout.edge_mask[edges, :width], max_width))
+    return torch.cat([values, mask.to(values.dtype)], dim=-1)
+
+
+def write_edges(delta: Tensor, layout: GraphLayout, width: int) -> Tensor:
+    """Decoded ``[E, max_width]`` deltas as ``[E, width]`` graph columns: each wider group resampled back to
+    its own width; the rest cut to ``width`` (``layout.edge_mask`` then zeroes what is not a weight)."""
+    max_width = delta.shape[1]
+    out = _fit_columns(delta, width)
+    for own, edges in layout.wider_than(max_width):
+        out = out.index_put((edges,), _fit_columns(resample(delta[edges], own), width))
+    return out
 
 
 def _mlp(d_in: int, d_out: int) -> nn.Sequential:
@@ -129,25 +235,18 @@ class Metanet(nn.Module):
 
     def forward(self, graph: Data, layout: GraphLayout | None = None) -> Data:
         layout = layout or GraphLayout.of(graph)
-        width, max_width = graph.edge_attr.shape[1], self.config.max_width
-        if width > max_width:
-            raise ValueError(
-                f"the graph has edges of {width} values (kernels or flattened maps that wide), but this "
-                f"metanetwork reads at most max_width={max_width}"
-            )
         x = graph.x / layout.node_scale
-        attr = nn.functional.pad(graph.edge_attr / layout.edge_scale, (0, max_width - width))
-        edge_mask = nn.functional.pad(layout.edge_mask, (0, max_width - width))
         h = self.node_type_embedding(graph.node_type) + self.node_encoder(
             torch.cat([x, layout.node_mask.to(x.dtype)], dim=-1)
         )
         e = self.edge_type_embedding(graph.edge_type) + self.edge_encoder(
-            torch.cat([attr, edge_mask.to(attr.dtype)], dim=-1)
+            read_edges(graph.edge_attr, layout, self.config.max_width)
         )
         for layer in self.layers:
             h, e = layer(h, graph.edge_index, e)
         node_delta = self.node_decoder(h) * layout.node_mask * layout.node_scale
-        edge_delta = self.edge_decoder(e)[:, :width] * layout.edge_mask * layout.edge_scale
+        edge_delta = write_edges(self.edge_decoder(e), layout, graph.edge_attr.shape[1])
+        edge_delta = edge_delta * layout.edge_mask * layout.edge_scale
         out = copy.copy(graph)
         out.x = graph.x + self.alpha[0] * node_delta
         out.edge_attr = graph.edge_attr + self.alpha[1] * edge_delta
