@@ -6,14 +6,16 @@ same compute, and a seeded data order makes two runs of the same recipe identica
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from .task import Data, endless, logits_of
 
 Optimizer = Literal["sgd", "adamw"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -22,7 +24,7 @@ GradHook = Callable[[nn.Module], None]
 
 def finetune(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Data,
     *,
     steps: int,
     lr: float = 0.01,
@@ -34,12 +36,14 @@ def finetune(
     loss_fn: LossFn = F.cross_entropy,
     after_backward: GradHook | None = None,
     progress: bool = True,
+    deadline: float | None = None,
+    desc: str = "fine-tune",
 ) -> list[float]:
     """Train ``model`` in place for ``steps`` optimizer steps with a cosine learning-rate decay to zero.
 
     Args:
         model: the network; trained on the device its parameters are on.
-        dataset: ``(input, label)`` pairs, reshuffled (seeded) every pass.
+        dataset: ``(input, label)`` pairs, reshuffled (seeded) every pass, or a loader of such batches.
         steps: number of optimizer steps, however many passes over the dataset that takes.
         lr: peak learning rate.
         optimizer: ``"sgd"`` (heavy-ball momentum) or ``"adamw"``.
@@ -47,13 +51,16 @@ def finetune(
         weight_decay: decoupled for AdamW, L2 for SGD.
         batch_size: examples per step.
         seed: seeds data order and any randomness in the forward pass (dropout), without disturbing the caller's RNG.
-        loss_fn: maps (logits, labels) to a scalar loss.
+        loss_fn: maps (logits, labels) to a scalar loss (the logits of a Hugging Face output are taken out).
         after_backward: called with the model between ``backward`` and the optimizer step, e.g. to add a sparsity
             regularizer's gradient (see :func:`metaprune.prune.sparse_regularizer`).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (with an ETA).
+        deadline: a ``time.monotonic()`` time after which no further step starts: a CI time budget. The
+            schedule stays the one for ``steps``, so a stopped run is the start of the full one.
+        desc: the progress bar's label.
 
     Returns:
-        The training loss of every step, in order.
+        The training loss of every step, in order: fewer than ``steps`` when the deadline stopped it.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -65,10 +72,12 @@ def finetune(
     losses: list[float] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        batches = _endless(dataset, batch_size, seed)
-        for _ in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
+        batches = endless(dataset, batch_size, seed)
+        for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             inputs, labels = next(batches)
-            loss = loss_fn(model(inputs.to(device)), labels.to(device))
+            loss = loss_fn(logits_of(model(inputs.to(device))), labels.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:
@@ -82,7 +91,7 @@ def finetune(
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: nn.Module, dataset: Dataset, *, batches: int = 20, batch_size: int = 128, seed: int = 0
+    model: nn.Module, dataset: Data, *, batches: int = 20, batch_size: int = 128, seed: int = 0
 ) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics on ``batches`` training batches, weights untouched.
 
@@ -100,7 +109,7 @@ def recalibrate_batchnorm(
         norm.momentum = None  # cumulative average
         norm.train()
     device = next(model.parameters()).device
-    for _, (images, _labels) in zip(range(batches), _endless(dataset, batch_size, seed), strict=False):
+    for _, (images, _labels) in zip(range(batches), endless(dataset, batch_size, seed), strict=False):
         model(images.to(device))
     for norm, momentum in zip(norms, saved_momentum, strict=True):
         norm.momentum = momentum
@@ -116,18 +125,3 @@ def _optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose 'sgd' or 'adamw'")
-
-
-def _endless(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Seeded shuffled batches, pass after pass, so a step budget need not divide the dataset size.
-
-    A short last batch is dropped (unless the dataset is smaller than one batch): it would be a noisy step, and a
-    BatchNorm layer fails on a batch of one.
-    """
-    size = len(dataset)  # type: ignore[arg-type]
-    if size == 0:
-        raise ValueError("fine-tuning needs a non-empty dataset")
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=size > batch_size, generator=generator)
-    while True:
-        yield from loader

@@ -1,4 +1,5 @@
-"""Cost and quality of a network: MACs, parameters, CPU latency and accuracy, as one JSON-ready record.
+"""Cost and quality of a network: MACs, FLOPs, parameters, CPU latency and accuracy (or, for a language model, eval
+loss), as one JSON-ready record.
 
 Pruning is judged by what it buys (fewer MACs, lower latency) against what it costs (accuracy), so the
 benchmark measures all of them the same way before and after pruning.
@@ -16,17 +17,21 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+
+from .task import Data, Task, evaluate
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """MACs and parameters of one forward pass on the example inputs, with optional latency and accuracy."""
+    """Torch-Pruning's MACs and parameters of one forward pass on the example inputs, with optional complete FLOPs,
+    latency, and accuracy (classifiers) or mean next-token loss (language models)."""
 
     macs: int
     params: int
     latency_ms: float | None = None
     accuracy: float | None = None
+    flops: int | None = None
+    loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,41 +81,35 @@ def cpu_latency_ms(
     return 1000.0 * statistics.median(times)
 
 
-@torch.inference_mode()
-def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 256) -> float:
-    """Top-1 accuracy over a dataset of ``(input, label)`` pairs, evaluated in eval mode in batches."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for inputs, labels in DataLoader(dataset, batch_size=batch_size):
-            predictions = model(inputs.to(device)).argmax(dim=-1)
-            correct += int((predictions.cpu() == labels).sum())
-            total += len(labels)
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ValueError("accuracy needs a non-empty dataset")
-    return correct / total
+def accuracy(model: nn.Module, data: Data, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy over ``(input, label)`` pairs or batches (see :func:`metaprune.task.evaluate`)."""
+    return evaluate(model, data, "classification", batch_size=batch_size)
 
 
 def measure(
     model: nn.Module,
     example_inputs: Tensor,
-    dataset: Dataset | None = None,
+    dataset: Data | None = None,
     *,
+    task: Task = "classification",
     latency: bool = True,
+    flops: bool = False,
     threads: int = 1,
     repeats: int = 30,
 ) -> Measurement:
-    """MACs and parameters, plus CPU latency unless ``latency`` is false and accuracy when a dataset is given."""
+    """MACs and parameters, plus CPU latency unless ``latency`` is false, every op's FLOPs when ``flops``, and
+    the task's score (accuracy or loss) when data is given."""
+    from .flops import count_flops
+
     macs, params = count_macs_params(model, example_inputs)
+    score = evaluate(model, dataset, task) if dataset is not None else None
     return Measurement(
         macs=macs,
         params=params,
         latency_ms=cpu_latency_ms(model, example_inputs, threads=threads, repeats=repeats) if latency else None,
-        accuracy=accuracy(model, dataset) if dataset is not None else None,
+        accuracy=score if task == "classification" else None,
+        flops=count_flops(model, example_inputs) if flops else None,
+        loss=score if task == "causal_lm" else None,
     )
 
 

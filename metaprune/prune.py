@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from .measure import count_macs_params
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
+Counter = Literal["macs", "flops"]
 Layers = Sequence[nn.Module | str]
 
 
@@ -45,7 +47,8 @@ class NonFiniteWeightError(ValueError):
 
 @dataclass
 class PruneResult:
-    """The pruned copy and its cost against the original, as Torch-Pruning's counter measures them."""
+    """The pruned copy and its cost against the original: Torch-Pruning's MACs, and every op's FLOPs when the
+    target was counted in FLOPs."""
 
     model: nn.Module
     method: str
@@ -54,9 +57,17 @@ class PruneResult:
     base_params: int
     params: int
     steps: int
+    base_flops: int | None = None
+    flops: int | None = None
 
     @property
     def speedup(self) -> float:
+        """The speed-up the target was counted in: FLOPs when counted, else MACs."""
+        return self.base_flops / self.flops if self.flops else self.macs_speedup
+
+    @property
+    def macs_speedup(self) -> float:
+        """Torch-Pruning's count, which hooks modules only (attention matmuls are not in it)."""
         return self.base_macs / self.macs
 
     @property
@@ -69,9 +80,12 @@ class PruneResult:
             "method": self.method,
             "base_macs": self.base_macs,
             "macs": self.macs,
+            "base_flops": self.base_flops,
+            "flops": self.flops,
             "base_params": self.base_params,
             "params": self.params,
             "speedup": self.speedup,
+            "macs_speedup": self.macs_speedup,
             "param_ratio": self.param_ratio,
             "steps": self.steps,
         }
@@ -104,6 +118,7 @@ def prune(
     global_pruning: bool = False,
     head_ratio: float = 0.0,
     steps: int = 100,
+    counter: Counter = "macs",
     seed: int = 0,
 ) -> PruneResult:
     """Prune a copy of ``model`` until it meets every given target; ``model`` itself is left untouched.
@@ -115,17 +130,21 @@ def prune(
     Args:
         model: the network; its parameters must be finite.
         example_inputs: a batch the model accepts, used to trace the dependency graph and count MACs.
-        speedup: required ``base_macs / macs``, at least 1.
+        speedup: required ``base / pruned`` cost in ``counter``'s count, at least 1.
         param_ratio: required ``base_params / params``, at least 1.
         method: channel ranking, see :func:`importance`.
-        ignored_layers: modules (or their names in ``model``) never pruned; default the classifier, the last
-            ``nn.Linear`` or convolution, whose outputs are the logits. A given list replaces the default, so it
-            should include the classifier.
+        ignored_layers: modules (or their names in ``model``) never pruned; default the classifier (the last
+            ``nn.Linear`` or convolution, whose outputs are the logits), token embeddings, and the projections of
+            attention layers other than timm's (Hugging Face decoders: their heads, grouped KV and rotary
+            embeddings tie q, k, v and o together, so only their MLPs are pruned). A given list replaces the
+            default, so it should include the classifier.
         global_pruning: rank channels across layers instead of pruning every layer by the same fraction.
         head_ratio: for timm ViTs, the fraction of attention heads removed from every attention layer before channel
             pruning (rounded up, at least one head kept); channels inside heads are never pruned.
         steps: granularity of the progressive schedule; with at least as many steps as the widest layer has
             channels, the last step leaves one channel per group, so a target it misses is out of reach.
+        counter: what ``speedup`` counts: ``"macs"``, Torch-Pruning's module-hook count, or ``"flops"``, every op
+            as :func:`metaprune.flops.count_flops` sees it (attention matmuls included), as users count them.
         seed: seeds random importance; the caller's RNG is left as it was.
 
     Raises:
@@ -146,28 +165,58 @@ def prune(
     imp = importance(method)
     pruned = copy.deepcopy(model)
     ignored = _resolve_layers(model, pruned, ignored_layers)
-    base_macs, base_params = count_macs_params(pruned, example_inputs)
+    with _without_cache(pruned):
+        base_macs, base_params = count_macs_params(pruned, example_inputs)
+        base_cost = _cost(pruned, example_inputs, counter, base_macs)
 
-    def reached(macs: int, params: int) -> bool:
-        return (speedup is None or base_macs >= speedup * macs) and (
-            param_ratio is None or base_params >= param_ratio * params
-        )
+        def reached(cost: int, params: int) -> bool:
+            return (speedup is None or base_cost >= speedup * cost) and (
+                param_ratio is None or base_params >= param_ratio * params
+            )
 
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(seed)
-        if head_ratio > 0:
-            _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
-        pruner = _pruner(pruned, example_inputs, imp, ignored, global_pruning=global_pruning, steps=steps)
-        macs, params = count_macs_params(pruned, example_inputs)
-        while not reached(macs, params) and pruner.current_step < steps:
-            pruner.step()
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(seed)
+            if head_ratio > 0:
+                _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
+            pruner = _pruner(pruned, example_inputs, imp, ignored, global_pruning=global_pruning, steps=steps)
             macs, params = count_macs_params(pruned, example_inputs)
+            cost = _cost(pruned, example_inputs, counter, macs)
+            while not reached(cost, params) and pruner.current_step < steps:
+                pruner.step()
+                macs, params = count_macs_params(pruned, example_inputs)
+                cost = _cost(pruned, example_inputs, counter, macs)
     pruned.train(model.training)  # tracing leaves the model in eval mode
-    if speedup is not None and base_macs < speedup * macs:
-        raise ImpossibleTargetError("speedup", speedup, base_macs / macs)
+    if speedup is not None and base_cost < speedup * cost:
+        raise ImpossibleTargetError("speedup", speedup, base_cost / cost)
     if param_ratio is not None and base_params < param_ratio * params:
         raise ImpossibleTargetError("param_ratio", param_ratio, base_params / params)
-    return PruneResult(pruned, method, base_macs, macs, base_params, params, pruner.current_step)
+    flops = (base_cost, cost) if counter == "flops" else (None, None)
+    return PruneResult(pruned, method, base_macs, macs, base_params, params, pruner.current_step, *flops)
+
+
+def _cost(model: nn.Module, example_inputs: Tensor, counter: Counter, macs: int) -> int:
+    """The count a speed-up target is in (``macs``, already counted, or every op's FLOPs)."""
+    if counter == "macs":
+        return macs
+    from .flops import count_flops
+
+    return count_flops(model, example_inputs)
+
+
+@contextmanager
+def _without_cache(model: nn.Module) -> Iterator[None]:
+    """Turn off a Hugging Face model's KV cache while Torch-Pruning traces it (a cache in the outputs breaks the
+    trace), and restore the setting after."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "use_cache", None)
+    if previous is None:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = previous
 
 
 def sparse_regularizer(
@@ -188,7 +237,7 @@ def sparse_regularizer(
         FloatingPointError: the regularized gradient holds NaN or infinity, naming the parameter.
     """
     was_training = model.training
-    with torch.enable_grad():
+    with torch.enable_grad(), _without_cache(model):
         pruner = tp.pruner.GroupNormPruner(
             model,
             example_inputs,
@@ -320,6 +369,18 @@ def is_attention(module: nn.Module) -> bool:
     )
 
 
+def _kept_whole(model: nn.Module) -> list[str]:
+    """Token embeddings (their width is the residual stream's) and the projections inside attention layers that
+    are not timm's, by name."""
+    kept = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            kept.append(name)
+        elif type(module).__name__.endswith("Attention") and not is_attention(module):
+            kept += [f"{name}.{child}" for child, m in module.named_modules() if isinstance(m, nn.Linear)]
+    return kept
+
+
 def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     return {m.qkv: m.num_heads for m in attention_modules(model)}
 
@@ -331,7 +392,7 @@ def _resolve_layers(original: nn.Module, target: nn.Module, layers: Layers | Non
         classifier = [name for name, m in original.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
         if not classifier:
             raise ValueError("found no Linear or convolution to keep as the classifier; pass ignored_layers")
-        layers = [classifier[-1]]
+        layers = [classifier[-1], *_kept_whole(original)]
     modules = dict(target.named_modules())
     resolved = []
     for layer in layers:

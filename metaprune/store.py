@@ -1,8 +1,9 @@
 """Pruned models on disk: ``model.safetensors`` + ``model.json``, no pickles.
 
-A pruned network has the architecture its config describes with fewer channels (or attention heads), so
-``model.json`` is the original config and the channel and head counts are read back from the tensor
-shapes: :func:`load_pruned` builds the dense architecture, then resizes each layer to the shapes in the file.
+A pruned network is the architecture it was pruned from with fewer channels (or attention heads), so
+``model.json`` records how to build that architecture (a model spec, or a population member's config) and
+the pruned shape of every tensor: :func:`load_pruned` builds the dense architecture, resizes each layer to the
+recorded shapes, and loads the weights strictly, on any machine with the same libraries.
 """
 
 from __future__ import annotations
@@ -19,25 +20,60 @@ from hypernets.checkpoint import json_text, load_state_strict, read_json
 from metaprune.population import CONFIG_FILE, WEIGHTS_FILE, build_from_config
 from metaprune.prune import is_attention, set_num_heads
 
+FORMAT = "metaprune.pruned/1"
 
-def save_pruned(model: nn.Module, config: dict[str, Any], directory: str | os.PathLike) -> None:
-    """The two files of a pruned model in ``directory`` (a staging directory: see
-    :func:`hypernets.atomic.write_directory`)."""
+
+def save_pruned(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    spec: str | None = None,
+    config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The files of a pruned model in ``directory`` (a staging directory: see :class:`hypernets.atomic.Staging`).
+
+    ``spec`` (a :mod:`hypernets.models` spec) or ``config`` (a population member's ``model.json``) says what was
+    pruned; ``extra`` is recorded as well (e.g. the weights file the spec was loaded with).
+    """
+    if (spec is None) == (config is None):
+        raise ValueError("save_pruned needs exactly one of spec= and config=: what the model was pruned from")
     directory = Path(directory)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, directory / WEIGHTS_FILE)
-    (directory / CONFIG_FILE).write_text(json_text(config))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS_FILE)
+    record = {
+        "format": FORMAT,
+        "spec": spec,
+        "config": config,
+        **(extra or {}),
+        "shapes": {name: list(tensor.shape) for name, tensor in state.items()},
+    }
+    (directory / CONFIG_FILE).write_text(json_text(record))
 
 
-def load_pruned(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """A model saved by :func:`save_pruned` (or any member directory), in eval mode, and its config."""
+def load_pruned(spec_or_model: str | nn.Module | None, directory: str | os.PathLike) -> nn.Module:
+    """A model saved by :func:`save_pruned`, in eval mode.
+
+    ``spec_or_model``: the dense architecture, as a model spec or a module (resized in place), or ``None`` for
+    the one ``model.json`` records. Weights are read from safetensors only and must fit exactly.
+    """
+    from hypernets.models import build_model
+
     directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    config = read_json(config_path, "model config", ValueError)
-    model = build_from_config(config, config_path)
+    record_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    record = read_json(record_path, "pruned model record", ValueError)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"{record_path}: not a pruned model record (format {FORMAT!r})")
+    if isinstance(spec_or_model, nn.Module):
+        model = spec_or_model
+    elif spec_or_model is not None or record.get("spec") is not None:
+        model = build_model(spec_or_model or record["spec"])
+    else:
+        model = build_from_config(record["config"], record_path)
     state = load_file(weights_path)
     resize_to(model, state)
     load_state_strict(model, state, weights_path)
-    return model.eval(), config
+    return model.eval()
 
 
 def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

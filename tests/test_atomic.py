@@ -219,7 +219,7 @@ def test_sigkill_during_prune_leaves_the_old_or_the_new_directory(existing, tmp_
     start = time.perf_counter()
     subprocess.run(argv, cwd=tmp_path, check=True, capture_output=True)
     seconds = time.perf_counter() - start
-    reference = load_pruned(tmp_path / "pruned")[0].state_dict()
+    reference = load_pruned(None, tmp_path / "pruned").state_dict()
     if not existing:
         for path in (tmp_path / "pruned", tmp_path / "report.json"):
             atomic._remove(path)
@@ -227,7 +227,7 @@ def test_sigkill_during_prune_leaves_the_old_or_the_new_directory(existing, tmp_
     for _ in range(2):
         _kill_after(_start(argv, tmp_path), rng.uniform(0.6 * seconds, 1.05 * seconds))
         if (tmp_path / "pruned").exists():
-            state = load_pruned(tmp_path / "pruned")[0].state_dict()
+            state = load_pruned(None, tmp_path / "pruned").state_dict()
             assert all((state[k] == v).all() for k, v in reference.items())  # same seed: the same model
     subprocess.run(argv, cwd=tmp_path, check=True, capture_output=True)
     assert _temporaries(tmp_path) == [] and (tmp_path / "pruned" / "model.safetensors").is_file()

@@ -472,32 +472,27 @@ def _prune_argv(files, *extra: str) -> list[str]:
 
 
 def test_nan_in_the_data_exits_2_and_publishes_nothing(files, tmp_path, monkeypatch, capsys):
-    from metaprune import population
+    from hypernets.data import spec
 
-    real = population.mnist
+    real = spec.load_mnist
 
-    def poisoned(split):
-        data = real(split)
+    def poisoned(split, **kwargs):
+        data = real(split, **kwargs)
         data.tensors[0][7, 0, 3, 3] = float("nan")
         return data
 
-    monkeypatch.setattr(population, "mnist", poisoned)
+    monkeypatch.setattr(spec, "load_mnist", poisoned)
     monkeypatch.chdir(tmp_path)
-    run(Case(tuple(_prune_argv(files)), "training data"), tmp_path, capsys)
+    run(Case(tuple(_prune_argv(files)), "data holds NaN or infinite inputs"), tmp_path, capsys)
 
 
 @pytest.mark.parametrize("phase", ["finetune", "sparse", "prune"])
 def test_nan_from_training_fails_the_gate_and_publishes_no_model(phase, files, tmp_path, monkeypatch, capsys):
     """Whatever step turns weights into NaN, no model is published: after pruning, the run exits 1 with a
     strict-JSON report; before it (sparse training), 2, naming --lr."""
-    import metaprune.finetune
-    import metaprune.prune
+    import metaprune.pipeline as module
 
-    module, name = {
-        "finetune": (metaprune.finetune, "finetune"),
-        "sparse": (metaprune.prune, "sparse_train"),
-        "prune": (metaprune.prune, "prune"),
-    }[phase]
+    name = {"finetune": "finetune", "sparse": "sparse_train", "prune": "prune"}[phase]
     real = getattr(module, name)
 
     def poisoned(model, *args, **kwargs):

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from metaprune.cli import main
 from metaprune.finetune import recalibrate_batchnorm
+from metaprune.flops import count_flops
 from metaprune.measure import count_macs_params
 from metaprune.metanet import Metanet
 from metaprune.population import INPUT_SHAPE, build_population, load_member, mnist, population_specs
@@ -38,11 +39,14 @@ def test_a_met_target_writes_a_pruned_model_that_reloads_and_a_report(member, tm
     assert "PASSED" in capsys.readouterr().out
     report = json.loads(report_path.read_text())
     assert report["passed"] and report["speedup"] >= 2 and report["reasons"] == []
-    model, config = load_pruned(out)
-    assert config == json.loads((member / "model.json").read_text())
-    dense_macs = report["before"]["macs"]
-    macs, params = count_macs_params(model, torch.zeros(1, *INPUT_SHAPE[1:]))
-    assert (macs, params) == (report["after"]["macs"], report["after"]["params"]) and dense_macs / macs >= 2
+    model = load_pruned(None, out)
+    record = json.loads((out / "model.json").read_text())
+    assert record["config"] == json.loads((member / "model.json").read_text())
+    assert record["shapes"] == {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    example = torch.zeros(1, *INPUT_SHAPE[1:])
+    macs, params = count_macs_params(model, example)
+    assert (macs, params) == (report["after"]["macs"], report["after"]["params"])
+    assert report["before"]["flops"] / count_flops(model, example) == report["speedup"] >= 2
     images, labels = mnist("eval").tensors
     with torch.no_grad():
         accuracy = (model(images).argmax(1) == labels).float().mean().item()
@@ -74,23 +78,28 @@ def test_a_fresh_metanet_is_applied_and_sparsity_trained_before_pruning(member, 
 @pytest.mark.parametrize("strength", ["0.5", "0"])
 def test_the_metanet_path_prunes_what_the_calibration_prunes(member, tmp_path, strength) -> None:
     """The CLI's rewrite, sparsity training and pruning give, tensor for tensor, the network that
-    ``metaprune.strength.prepared`` and ``prune`` give: the calibration answers for what the CLI does. At
-    strength 0 that is DepGraph's recipe (``--sparse-steps`` without a metanetwork)."""
+    ``metaprune.strength.prepared`` and ``prune`` give at the strength it kept: the calibration answers for what
+    the CLI does. The CLI also runs strength 0, DepGraph's recipe (``--sparse-steps`` without a metanetwork),
+    and keeps whichever is more accurate."""
     torch.manual_seed(0)
     Metanet().save_pretrained(tmp_path / "metanet")
     options = ["--speedup", "2", "--sparse-steps", "5", "--finetune-steps", "0", "--max-acc-drop", "100"]
     rewrite = ["--metanet", str(tmp_path / "metanet"), "--rewrite-strength", strength]
     assert main(_args(member, tmp_path / "pruned", *rewrite, *options)) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    tried = {c["rewrite_strength"]: c["accuracy"] for c in report["candidates"]}
+    assert list(tried) == ([0.5, 0.0] if strength == "0.5" else [0.0])
+    assert tried[report["rewrite_strength"]] == max(tried.values()) == report["after"]["accuracy"]
     model, _ = load_member(member)
     metanet = Metanet.from_pretrained(tmp_path / "metanet").eval()
     train = mnist("train")
-    network = prepared(model, metanet, float(strength), train, budget=Budget(sparse_steps=5), seed=0)
-    result = prune(network, torch.zeros(1, *INPUT_SHAPE[1:]), speedup=2.0, seed=0)
+    network = prepared(model, metanet, report["rewrite_strength"], train, budget=Budget(sparse_steps=5), seed=0)
+    result = prune(network, torch.zeros(1, *INPUT_SHAPE[1:]), speedup=2.0, counter="flops", seed=0)
     expected = recalibrate_batchnorm(result.model, train, seed=0).state_dict()
-    pruned = load_pruned(tmp_path / "pruned")[0].state_dict()
+    pruned = load_pruned(None, tmp_path / "pruned").state_dict()
     if strength == "0":
         assert main(_args(member, tmp_path / "depgraph", *options, "--report", str(tmp_path / "d.json"))) == 0
-        expected = load_pruned(tmp_path / "depgraph")[0].state_dict()
+        assert load_pruned(None, tmp_path / "depgraph").state_dict().keys() == expected.keys()
     assert pruned.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(pruned[name], tensor, msg=name)
@@ -115,7 +124,9 @@ def test_the_rewrite_strength_is_the_calibrated_one_unless_given(member, tmp_pat
     assert main(_args(member, tmp_path / "pruned", *options)) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     expected = float(given) if given else calibration.strength(2.0, family)
-    assert 0 < expected < 1 and report["rewrite_strength"] == pytest.approx(expected)
+    tried = [candidate["rewrite_strength"] for candidate in report["candidates"]]
+    assert 0 < expected < 1 and tried == [pytest.approx(expected), 0.0]  # and DepGraph's recipe alone
+    assert report["rewrite_strength"] in tried
     note = "strengths.json was calibrated for Budget(sparse_steps=100, finetune_steps=100"  # this run: 0 and 0
     assert (note in capsys.readouterr().err) == (given is None)
     options[options.index("--speedup")] = "--param-ratio"  # a target the calibration has no strength for
@@ -131,8 +142,14 @@ def test_a_parameter_ratio_target_is_met_and_reported(member, tmp_path) -> None:
     options = ["--param-ratio", "2", "--finetune-steps", "0", "--max-acc-drop", "100"]
     assert main(_args(member, tmp_path / "pruned", *options)) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["target"] == {"speedup": None, "param_ratio": 2.0, "max_acc_drop": 100.0}
-    _, params = count_macs_params(load_pruned(tmp_path / "pruned")[0], torch.zeros(1, *INPUT_SHAPE[1:]))
+    assert report["target"] | {"counted_in": None} == {
+        "speedup": None,
+        "param_ratio": 2.0,
+        "max_acc_drop": 100.0,
+        "max_loss_increase": None,
+        "counted_in": None,
+    }
+    _, params = count_macs_params(load_pruned(None, tmp_path / "pruned"), torch.zeros(1, *INPUT_SHAPE[1:]))
     assert params == report["after"]["params"] and report["before"]["params"] >= 2 * params
     assert report["param_ratio"] == pytest.approx(report["before"]["params"] / params)
 
@@ -143,7 +160,7 @@ def test_without_a_metanet_nothing_is_trained_before_pruning(member, tmp_path) -
         == 0
     )
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["sparse"] == {"steps": 0, "lr": 0.01, "first_loss": [], "last_loss": []}
+    assert report["sparse"] == {"steps": 0, "steps_done": 0, "lr": 0.01, "first_loss": [], "last_loss": []}
     assert report["finetune"]["steps"] == 0 and report["metanet"] is None
 
 
@@ -162,9 +179,9 @@ def test_depgraph_options_prune_as_the_library_calls_do(member, tmp_path, extra,
     example, train = torch.zeros(1, *INPUT_SHAPE[1:]), mnist("train")
     if sparse_steps:
         sparse_train(model, example, train, steps=sparse_steps, lr=0.01, seed=0, progress=False)
-    result = prune(model.eval(), example, speedup=2.0, global_pruning=global_pruning, seed=0)
+    result = prune(model.eval(), example, speedup=2.0, global_pruning=global_pruning, counter="flops", seed=0)
     expected = recalibrate_batchnorm(result.model, train, seed=0).state_dict()
-    pruned = load_pruned(tmp_path / "pruned")[0].state_dict()
+    pruned = load_pruned(None, tmp_path / "pruned").state_dict()
     assert pruned.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(pruned[name], tensor, msg=name)
@@ -178,7 +195,7 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
     assert main(_args(vit, out, *options)) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["head_ratio"] == 0.5 and report["speedup"] >= 1.5
-    model, _ = load_pruned(out)
+    model = load_pruned(None, out)
     assert [(b.attn.num_heads, b.attn.qkv.out_features, b.attn.proj.in_features) for b in model.blocks] == [
         (1, 48, 16),
         (1, 48, 16),
