@@ -3,7 +3,7 @@
 It stands in for your pipeline: a "training job" leaves ``model.safetensors`` + ``model.json``
 (here: one small CNN trained on the embedded MNIST), a metanetwork is meta-trained once on a small
 population of other networks (cached under --work), and then the CI step itself runs the
-``metaprune prune`` command and acts on its exit status, exactly as docs/ci/prune.yml does.
+``metaprune prune`` command and acts on its exit status, as docs/ci/github-prune.yml does.
 """
 
 from __future__ import annotations
