@@ -96,13 +96,14 @@ def measure(
     flops: bool = False,
     threads: int = 1,
     repeats: int = 30,
+    progress: bool = False,
 ) -> Measurement:
     """MACs and parameters, plus CPU latency unless ``latency`` is false, every op's FLOPs when ``flops``, and
-    the task's score (accuracy or loss) when data is given."""
+    the task's score (accuracy or loss) when data is given (with a progress bar when ``progress``)."""
     from .flops import count_flops
 
     macs, params = count_macs_params(model, example_inputs)
-    score = evaluate(model, dataset, task) if dataset is not None else None
+    score = evaluate(model, dataset, task, progress=progress) if dataset is not None else None
     return Measurement(
         macs=macs,
         params=params,

@@ -134,7 +134,7 @@ def prune_model(
     check_finite(model)
     start, clock = time.monotonic(), _Clock()
     with clock.phase("measure_dense"):
-        before = _measure(model, example_inputs, val, task)
+        before = _measure(model, example_inputs, val, task, progress)
     deadline = None
     if max_minutes is not None:  # keep back what measuring the pruned model will take (at most the dense one's)
         deadline = start + 60 * max_minutes - clock.seconds["measure_dense"]
@@ -257,6 +257,7 @@ def _candidate(
             global_pruning=global_pruning,
             counter="flops",
             seed=seed,
+            progress=progress,
         )
     pruned = recalibrate_batchnorm(result.model, train, seed=seed)
     losses: list[float] = []
@@ -264,7 +265,7 @@ def _candidate(
         with clock.phase("finetune"):
             losses = finetune(pruned, train, steps=finetune_steps, deadline=deadline, **train_kwargs)
     with clock.phase("measure_pruned"):
-        after = _measure(pruned.eval(), example, val, task)
+        after = _measure(pruned.eval(), example, val, task, progress)
     training = {
         "sparse": _curve(sparse_steps, sparse_losses, lr),
         "finetune": _curve(finetune_steps, losses, lr),
@@ -272,8 +273,8 @@ def _candidate(
     return {"strength": strength, "result": result, "model": pruned, "after": after, "training": training}
 
 
-def _measure(model: nn.Module, example: Tensor, val: Data, task: Task) -> Measurement:
-    return measure(model, example, val, task=task, flops=True)
+def _measure(model: nn.Module, example: Tensor, val: Data, task: Task, progress: bool) -> Measurement:
+    return measure(model, example, val, task=task, flops=True, progress=progress)
 
 
 def _curve(steps: int, losses: list[float], lr: float) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
@@ -120,6 +121,7 @@ def prune(
     steps: int = 100,
     counter: Counter = "macs",
     seed: int = 0,
+    progress: bool = False,
 ) -> PruneResult:
     """Prune a copy of ``model`` until it meets every given target; ``model`` itself is left untouched.
 
@@ -146,6 +148,7 @@ def prune(
         counter: what ``speedup`` counts: ``"macs"``, Torch-Pruning's module-hook count, or ``"flops"``, every op
             as :func:`metaprune.flops.count_flops` sees it (attention matmuls included), as users count them.
         seed: seeds random importance; the caller's RNG is left as it was.
+        progress: show a progress bar over the schedule's steps (it stops early once the targets are met).
 
     Raises:
         ImpossibleTargetError: no step of the schedule reaches a target.
@@ -181,10 +184,13 @@ def prune(
             pruner = _pruner(pruned, example_inputs, imp, ignored, global_pruning=global_pruning, steps=steps)
             macs, params = count_macs_params(pruned, example_inputs)
             cost = _cost(pruned, example_inputs, counter, macs)
+            bar = tqdm(total=steps, desc="prune", disable=not progress, leave=False)
             while not reached(cost, params) and pruner.current_step < steps:
                 pruner.step()
+                bar.update()
                 macs, params = count_macs_params(pruned, example_inputs)
                 cost = _cost(pruned, example_inputs, counter, macs)
+            bar.close()
     pruned.train(model.training)  # tracing leaves the model in eval mode
     if speedup is not None and base_cost < speedup * cost:
         raise ImpossibleTargetError("speedup", speedup, base_cost / cost)

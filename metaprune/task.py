@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 Task = Literal["classification", "causal_lm"]
 
@@ -79,7 +80,9 @@ def endless(data: Data, batch_size: int, seed: int) -> Iterator[Batch]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: Data, task: Task = "classification", *, batch_size: int = 256) -> float:
+def evaluate(
+    model: nn.Module, data: Data, task: Task = "classification", *, batch_size: int = 256, progress: bool = False
+) -> float:
     """Top-1 accuracy in [0, 1] for a classifier, mean next-token loss (nats per token) for a causal LM,
     in eval mode, the model's mode restored."""
     device = next(model.parameters()).device
@@ -87,7 +90,8 @@ def evaluate(model: nn.Module, data: Data, task: Task = "classification", *, bat
     model.eval()
     total = count = 0.0
     try:
-        for inputs, targets in map(partial(_finite, what="validation data"), batches(data, batch_size)):
+        checked = map(partial(_finite, what="validation data"), batches(data, batch_size))
+        for inputs, targets in tqdm(checked, desc="evaluate", disable=not progress, leave=False):
             logits = logits_of(model(inputs.to(device))).cpu()
             if task == "causal_lm":
                 total += float(task_loss(task, logits, targets)) * targets.numel()
