@@ -127,20 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     targets = prune.add_argument_group("targets and the gate")
     targets.add_argument(
-        "--speedup", type=number(1, 1e6), help="required FLOPs ratio, dense / pruned (every op counted)"
+        "--speedup", metavar="X", type=number(1, 1e6), help="required FLOPs ratio, dense / pruned (every op counted)"
     )
     targets.add_argument(
         "--param-ratio",
+        metavar="X",
         type=number(1, 1e6),
         help="required parameter count ratio, dense / pruned (with --speedup: both)",
     )
     targets.add_argument(
         "--max-acc-drop",
+        metavar="POINTS",
         type=number(-100, 100),
         help=f"classifiers: allowed accuracy drop in points; negative demands a gain (default {DEFAULT_MAX_ACC_DROP})",
     )
     targets.add_argument(
         "--max-loss-increase",
+        metavar="NATS",
         type=number(-100, 100),
         help=f"language models: allowed rise of the eval loss, nats per token (default {DEFAULT_MAX_LOSS_INCREASE})",
     )
@@ -161,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     method.add_argument(
         "--head-ratio",
+        metavar="R",
         type=number(0, 1, below=True),
         default=0.0,
         help="timm ViTs: fraction of attention heads removed from every layer before channel pruning (default 0)",
@@ -188,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     budget = prune.add_argument_group("training and time budget")
-    budget.add_argument("--finetune-steps", type=count, default=300, help="optimizer steps after pruning (default 300)")
+    budget.add_argument(
+        "--finetune-steps", metavar="N", type=count, default=300, help="optimizer steps after pruning (default 300)"
+    )
     budget.add_argument(
         "--lr", type=number(0, 10, above=True), default=0.01, help="peak fine-tuning learning rate (default 0.01)"
     )

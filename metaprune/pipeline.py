@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import platform
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,7 +108,7 @@ def prune_model(
     batch_size: int = 128,
     max_minutes: float | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Pruned:
     """Prune a copy of ``model`` to the targets, fine-tune it, and judge it; ``model`` is left as it was.
 
@@ -124,11 +125,14 @@ def prune_model(
         finetune_steps, lr, optimizer, batch_size: the training budget after pruning (and of sparsity training).
         max_minutes: wall-clock budget of the whole call: fine-tuning stops early when it would overrun.
         seed: seeds every random choice, so two runs give the same model.
+        progress: progress bars with ETAs on stderr; default when stderr is a terminal (in a CI log, the
+            report's ``wall_seconds`` says where the time went).
 
     Raises:
         ValueError: an unreachable target, a bad option, NaN weights (the message names the culprit).
     """
     gate = Gate(speedup, param_ratio, max_acc_drop, max_loss_increase)
+    progress = sys.stderr.isatty() if progress is None else progress
     if not 0 <= rewrite_strength <= 1:
         raise ValueError(f"rewrite_strength must be in [0, 1], got {rewrite_strength}")
     check_finite(model)

@@ -103,7 +103,7 @@ def build_data(
     raise DataSpecError(f"unknown data spec {spec!r}; accepted forms:\n  " + "\n  ".join(DATA_FORMS))
 
 
-# --- shared pieces --------------------------------------------------------------------------------------------
+# --- common pieces --------------------------------------------------------------------------------------------
 
 
 def _reject_options(spec: str, options: dict[str, Any], allowed: Sequence[str]) -> None:
