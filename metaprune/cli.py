@@ -424,7 +424,8 @@ def _metanet(args: argparse.Namespace, model, example, family: str | None):
         notes.append(f"--metanet auto: used the shipped {name!r} metanetwork")
     if args.sparse_steps is None:
         args.sparse_steps = METANET_SPARSE_STEPS
-    strength = _rewrite_strength(directory, args.speedup, family, Budget.from_options(args), args.rewrite_strength)
+    budget = Budget.from_options(args)
+    strength = _rewrite_strength(directory, args.speedup, family, budget, args.rewrite_strength, notes)
     return metanet, strength, notes
 
 
@@ -448,6 +449,8 @@ def _print_result(report: dict[str, Any]) -> None:
         f"{after['params']:,}{_target(target['param_ratio'])}, {quality}, "
         f"latency {before['latency_ms']:.2f} -> {after['latency_ms']:.2f} ms\n{_gate_note(report)}"
     )
+    for note in report["notes"]:
+        print(f"note: {note}")
 
 
 def _save(model, directory: Path, args: argparse.Namespace, source: dict[str, Any], data) -> None:
@@ -495,9 +498,14 @@ def _load_member(weights: Path, config_path: Path):
 
 
 def _rewrite_strength(
-    metanet_dir: Path, speedup: float | None, family: str | None, budget: Budget, given: float | None
+    metanet_dir: Path,
+    speedup: float | None,
+    family: str | None,
+    budget: Budget,
+    given: float | None,
+    notes: list[str],
 ) -> float:
-    """``given``, else the metanetwork's calibrated strength for ``speedup`` and ``family`` (with a note when it
+    """``given``, else the metanetwork's calibrated strength for ``speedup`` and ``family`` (adding a note when it
     was calibrated for another training budget), else the full rewrite."""
     from metaprune.strength import CALIBRATION_FILE, Calibration
 
@@ -515,10 +523,9 @@ def _rewrite_strength(
             "the strength with --rewrite-strength"
         )
     if calibration.budget != budget:
-        print(
-            f"note: {metanet_dir / CALIBRATION_FILE} was calibrated for {calibration.budget}, this run is "
-            f"{budget}; pass --rewrite-strength to choose the strength yourself",
-            file=sys.stderr,
+        notes.append(
+            f"{metanet_dir / CALIBRATION_FILE} was calibrated for {calibration.budget}, this run is {budget}; "
+            "pass --rewrite-strength to choose the strength yourself"
         )
     return calibration.strength(speedup, family)
 
