@@ -361,6 +361,11 @@ def _load_data(args: argparse.Namespace, model, source: dict[str, Any]):
                 f"--model {args.model}: give --data (the data it was trained on); see --help for the forms"
             )
         spec = "mnist"
+    unnormalized = args.mean is None and args.std is None and not hasattr(model, "pretrained_cfg")  # timm: its own
+    if spec.startswith("imagefolder:") and unnormalized and source.get("spec"):
+        source["notes"].append(
+            "the images were fed unnormalized, in [0, 1]: pass --mean and --std if your training normalized them"
+        )
     return build_data(
         spec,
         model=model,

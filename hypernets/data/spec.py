@@ -256,6 +256,9 @@ def _timm_transform(
     config["input_size"] = (channels, *size)
     config["mean"] = _per_channel(spec, "mean", mean or _to_channels(config["mean"], channels), channels)
     config["std"] = _per_channel(spec, "std", std or _to_channels(config["std"], channels), channels)
+    # The config's crop_pct (resize larger, then centre-crop) is how the released ImageNet weights were scored;
+    # a model built at another size and trained by the user saw whole images, so they are resized whole.
+    config["crop_pct"] = 1.0
     transform = create_transform(**config, is_training=False)
     if channels == 1:
         transform = transforms.Compose([transforms.Grayscale(1), *getattr(transform, "transforms", [transform])])
