@@ -171,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     method.add_argument(
         "--global-pruning",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="rank channels across layers (DepGraph's global pruning) instead of removing the same fraction of "
-        "every layer",
+        "every layer (default: global for models with timm-style attention, where it measured best; per layer "
+        "otherwise)",
     )
     method.add_argument(
         "--sparse-steps",
@@ -236,12 +237,14 @@ def _floats(text: str) -> tuple[float, ...]:
 def run_prune(args: argparse.Namespace) -> int:
     """Validate everything first (options, model, data, metanetwork), then prune, then publish together."""
     from hypernets.atomic import Staging
-    from metaprune.pipeline import prune_model
+    from metaprune.pipeline import default_global_pruning, prune_model
     from metaprune.report import junit_xml, summary_markdown
 
     outputs = _check_options(args)
     model, source = _load_model(args)
     data = _load_data(args, model, source)
+    if args.global_pruning is None:
+        args.global_pruning = default_global_pruning(model)
     gate = _check_gate(args, data.task)
     metanet, strength, notes = _metanet(args, model, data.example, source.get("family"))
     if args.sparse_steps is None:  # no metanetwork after all (--metanet auto found none)

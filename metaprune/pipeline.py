@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .finetune import Optimizer, finetune, recalibrate_batchnorm
 from .measure import Measurement, measure
-from .prune import Method, PruneResult, check_finite, prune, sparse_train
+from .prune import Method, PruneResult, attention_modules, check_finite, prune, sparse_train
 from .task import Data, Task, task_loss
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def prune_model(
     max_loss_increase: float | None = None,
     method: Method = "group_norm",
     head_ratio: float = 0.0,
-    global_pruning: bool = False,
+    global_pruning: bool | None = None,
     sparse_steps: int = 0,
     metanet: Metanet | None = None,
     rewrite_strength: float = 1.0,
@@ -118,7 +118,9 @@ def prune_model(
         example_inputs: one batch the model accepts (batch size 1 is best), for tracing and counting.
         task: ``"classification"`` (gate: ``max_acc_drop``) or ``"causal_lm"`` (gate: ``max_loss_increase``).
         speedup, param_ratio: the targets, dense / pruned FLOPs and parameters; at least one.
-        method, head_ratio, global_pruning: how channels are ranked and cut (see :func:`metaprune.prune.prune`).
+        method, head_ratio, global_pruning: how channels are ranked and cut (see :func:`metaprune.prune.prune`);
+            ``global_pruning`` defaults to on for models with timm-style attention, where ranking channels across
+            layers measured best (docs/benchmarks.md), and off otherwise.
         sparse_steps: steps of DepGraph's group-sparsity training before pruning.
         metanet: rewrite the model ``rewrite_strength`` of the way first; DepGraph's recipe alone is run too
             and the better on ``val`` kept.
@@ -133,6 +135,7 @@ def prune_model(
     """
     gate = Gate(speedup, param_ratio, max_acc_drop, max_loss_increase)
     progress = sys.stderr.isatty() if progress is None else progress
+    global_pruning = default_global_pruning(model) if global_pruning is None else global_pruning
     if not 0 <= rewrite_strength <= 1:
         raise ValueError(f"rewrite_strength must be in [0, 1], got {rewrite_strength}")
     check_finite(model)
@@ -328,6 +331,11 @@ def _gate(gate: Gate, result: PruneResult, pruned: nn.Module, change: float, tas
             "learning rate"
         )
     return reasons
+
+
+def default_global_pruning(model: nn.Module) -> bool:
+    """Global ranking for ViTs (timm-style attention), per-layer pruning for everything else."""
+    return bool(attention_modules(model))
 
 
 def versions() -> dict[str, str | None]:

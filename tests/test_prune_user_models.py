@@ -144,6 +144,7 @@ def test_torchvision_and_timm_models_prune_on_an_image_folder(in_workdir, tmp_pa
     extra = ["--data", "imagefolder:digits", "--speedup", "1.5", "--max-acc-drop", "100"]
     status, report = _prune(in_workdir, tmp_path, spec, *extra, weights=weights)
     assert status == 0 and report["speedup"] >= 1.5
+    assert report["global_pruning"] is spec.startswith("timm:")  # the default: global for ViTs only
     model = load_pruned(spec, tmp_path / "pruned")
     assert sum(p.numel() for p in model.parameters()) == report["after"]["params"]
 
