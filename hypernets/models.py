@@ -11,10 +11,7 @@ the command line reads the spec forms from here to print its help.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -306,49 +303,25 @@ def _hf_class(config: Any, directory: str) -> Any:
 
 
 def _factory(spec: str) -> nn.Module:
-    """``CALLABLE(**kwargs)`` from ``PKG.MODULE``, imported with the current directory first on ``sys.path``
-    (where the user's code is, as for ``python -m``), which is restored afterwards."""
+    """``CALLABLE(**kwargs)`` from ``PKG.MODULE``, imported from the current directory
+    (:func:`hypernets.factories.call_factory`)."""
     from torch import nn
+
+    from hypernets.factories import call_factory
 
     target, _, query = spec.partition("?")
     module_name, _, attribute = target.partition(":")
     if not attribute:
         raise ModelSpecError(f"model spec {spec!r} names no callable; e.g. {module_name}:make")
-    kwargs = parse_kwargs(query, "&")
-    module = _import_from_cwd(module_name, spec)
-    try:
-        factory = functools.reduce(getattr, attribute.split("."), module)
-    except AttributeError as err:
-        raise ModelSpecError(f"module {module_name!r} has no attribute {attribute!r}") from err
-    if not callable(factory):
-        raise ModelSpecError(f"{target} is a {type(factory).__name__}, not callable")
-    try:
-        model = factory(**kwargs)
-    except Exception as err:
-        raise ModelSpecError(f"{target}({_arguments(kwargs)}) raised {type(err).__name__}: {err}") from err
+    model = call_factory(
+        target,
+        parse_kwargs(query, "&"),
+        error=ModelSpecError,
+        kind="module",
+        missing=lambda cwd: _unknown(
+            spec, f": no family and no module {module_name!r} in {cwd} or the installed packages"
+        ),
+    )
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _import_from_cwd(module_name: str, spec: str) -> Any:
-    cwd = os.getcwd()
-    sys.path.insert(0, cwd)
-    importlib.invalidate_caches()  # the module may have been written since the last import looked here
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
-            raise ModelSpecError(
-                _unknown(spec, f": no family and no module {module_name!r} in {cwd} or the installed packages")
-            ) from err
-        raise ModelSpecError(f"importing module {module_name!r} failed: {err}") from err
-    except Exception as err:
-        raise ModelSpecError(f"importing module {module_name!r} failed: {type(err).__name__}: {err}") from err
-    finally:
-        if cwd in sys.path:  # the module may have removed it itself
-            sys.path.remove(cwd)
-
-
-def _arguments(kwargs: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value!r}" for key, value in kwargs.items())

@@ -9,10 +9,7 @@ imported only by the form that needs them.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ from hypernets.data.mnist import load_mnist
 from hypernets.data.text import EVAL_FRACTION as TEXT_EVAL_FRACTION
 from hypernets.data.text import VOCAB_SIZE as BYTE_VOCAB_SIZE
 from hypernets.data.text import encode_bytes, load_text_corpus
+from hypernets.factories import call_factory
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -457,7 +455,16 @@ def _factory(spec: str) -> TaskData:
         kwargs = parse_kwargs(query, "&")
     except ModelSpecError as err:
         raise DataSpecError(f"data spec {spec!r}: {err}") from err
-    result = _call_factory(target, module_name, attribute, kwargs)
+    result = call_factory(
+        target,
+        kwargs,
+        error=DataSpecError,
+        kind="data module",
+        missing=lambda cwd: (
+            f"no data module {module_name!r} in {cwd} or the installed packages; accepted forms:\n  "
+            + "\n  ".join(DATA_FORMS)
+        ),
+    )
     if not (isinstance(result, tuple) and len(result) == 2):
         got = f"a {len(result)}-tuple" if isinstance(result, tuple) else f"a {type(result).__name__}"
         raise DataSpecError(f"{target} returned {got}; expected a (train_loader, val_loader) pair")
@@ -480,43 +487,6 @@ def _factory(spec: str) -> TaskData:
         num_classes=len(classes) if isinstance(classes, Sequence) else None,
         vocab_size=vocab_size if isinstance(vocab_size, int) else None,
     )
-
-
-def _call_factory(target: str, module_name: str, attribute: str, kwargs: dict[str, Any]) -> Any:
-    """Import and call with the working directory first on ``sys.path`` (where the user's code is, as for
-    ``python -m``); the factory may import its neighbours, so it runs there too. The path is restored after."""
-    cwd = os.getcwd()
-    sys.path.insert(0, cwd)
-    importlib.invalidate_caches()  # the module may have been written since the last import looked here
-    try:
-        module = _import(module_name, cwd)
-        try:
-            factory = functools.reduce(getattr, attribute.split("."), module)
-        except AttributeError as err:
-            raise DataSpecError(f"module {module_name!r} ({module.__file__}) has no attribute {attribute!r}") from err
-        if not callable(factory):
-            raise DataSpecError(f"{target} is a {type(factory).__name__}, not callable")
-        try:
-            return factory(**kwargs)
-        except Exception as err:
-            arguments = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
-            raise DataSpecError(f"{target}({arguments}) raised {type(err).__name__}: {err}") from err
-    finally:
-        sys.path.remove(cwd)
-
-
-def _import(module_name: str, cwd: str) -> Any:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
-            raise DataSpecError(
-                f"no data module {module_name!r} in {cwd} or the installed packages; accepted forms:\n  "
-                + "\n  ".join(DATA_FORMS)
-            ) from err
-        raise DataSpecError(f"importing data module {module_name!r} failed: {err}") from err
-    except Exception as err:
-        raise DataSpecError(f"importing data module {module_name!r} failed: {type(err).__name__}: {err}") from err
 
 
 def _first_batch(target: str, split: str, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
