@@ -11,6 +11,7 @@ so the rewrite can never make the result worse than pruning without it.
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import sys
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+from hypernets.checkpoint import check_finite_tensors
 
 from .finetune import Optimizer, finetune, recalibrate_batchnorm
 from .measure import Measurement, measure
@@ -68,6 +71,25 @@ class Pruned:
     @property
     def reasons(self) -> list[str]:
         return self.report["reasons"]
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How every candidate is prepared, pruned and trained: the same for the rewrite and DepGraph alone."""
+
+    task: Task
+    speedup: float | None
+    param_ratio: float | None
+    method: Method
+    head_ratio: float
+    global_pruning: bool
+    sparse_steps: int
+    finetune_steps: int
+    lr: float
+    optimizer: Optimizer
+    batch_size: int
+    seed: int
+    progress: bool
 
 
 @dataclass
@@ -146,32 +168,34 @@ def prune_model(
     if max_minutes is not None:  # keep back what measuring the pruned model will take (at most the dense one's)
         deadline = start + 60 * max_minutes - clock.seconds["measure_dense"]
     strengths = [rewrite_strength, 0.0] if metanet is not None and rewrite_strength > 0 else [0.0]
-    settings = {
-        "task": task,
-        "speedup": speedup,
-        "param_ratio": param_ratio,
-        "method": method,
-        "head_ratio": head_ratio,
-        "global_pruning": global_pruning,
-        "sparse_steps": sparse_steps,
-        "finetune_steps": finetune_steps,
-        "lr": lr,
-        "optimizer": optimizer,
-        "batch_size": batch_size,
-        "seed": seed,
-        "progress": progress,
-    }
+    recipe = _Recipe(
+        task,
+        speedup,
+        param_ratio,
+        method,
+        head_ratio,
+        global_pruning,
+        sparse_steps,
+        finetune_steps,
+        lr,
+        optimizer,
+        batch_size,
+        seed,
+        progress,
+    )
     candidates = []
     for index, strength in enumerate(strengths):
         share = None if deadline is None else start + (deadline - start) * (index + 1) / len(strengths)
-        candidates.append(_candidate(model, metanet, strength, train, val, example_inputs, clock, share, **settings))
+        candidates.append(_candidate(model, metanet, strength, train, val, example_inputs, clock, share, recipe))
     best = max(candidates, key=lambda c: _goodness(c["after"], task))
     result, pruned, after = best["result"], best["model"], best["after"]
     change = _change(before, after, task)
-    reasons = _gate(gate, result, pruned, change, task)
+    failed = _gate(gate, result, pruned, change, task)
+    reasons = list(failed.values())
     report = {
         "passed": not reasons,
         "reasons": reasons,
+        "failed_gates": failed,
         "task": task,
         "metanet": metanet is not None,
         "rewrite_strength": best["strength"] if metanet is not None else None,
@@ -210,72 +234,55 @@ def _candidate(
     example: Tensor,
     clock: _Clock,
     deadline: float | None,
-    *,
-    task: Task,
-    speedup: float | None,
-    param_ratio: float | None,
-    method: Method,
-    head_ratio: float,
-    global_pruning: bool,
-    sparse_steps: int,
-    finetune_steps: int,
-    lr: float,
-    optimizer: Optimizer,
-    batch_size: int,
-    seed: int,
-    progress: bool,
+    recipe: _Recipe,
 ) -> dict[str, Any]:
     """One preparation (rewrite ``strength`` of the way, then sparsity training) pruned, fine-tuned, measured."""
-    import copy
-
-    from hypernets.checkpoint import check_finite_tensors
-
     train_kwargs = {
-        "lr": lr,
-        "optimizer": optimizer,
-        "batch_size": batch_size,
-        "seed": seed,
-        "progress": progress,
-        "loss_fn": partial(task_loss, task),
+        "lr": recipe.lr,
+        "optimizer": recipe.optimizer,
+        "batch_size": recipe.batch_size,
+        "seed": recipe.seed,
+        "progress": recipe.progress,
+        "loss_fn": partial(task_loss, recipe.task),
     }
     prepared = copy.deepcopy(model)
     if strength:
         with clock.phase("rewrite"):
             metanet.rewrite_(prepared, example, strength=strength)
     sparse_losses: list[float] = []
-    if sparse_steps:
+    if recipe.sparse_steps:
         with clock.phase("sparse"):
             sparse_losses = sparse_train(
-                prepared, example, train, steps=sparse_steps, deadline=deadline, desc="sparse", **train_kwargs
+                prepared, example, train, steps=recipe.sparse_steps, deadline=deadline, desc="sparse", **train_kwargs
             )
         check_finite_tensors(
             prepared.state_dict(),
-            f"sparse training diverged ({sparse_steps} steps); lower the learning rate:",
+            f"sparse training diverged ({recipe.sparse_steps} steps); lower the learning rate:",
             TrainingDiverged,
         )
     with clock.phase("prune"):
         result = prune(
             prepared.eval(),
             example,
-            speedup=speedup,
-            param_ratio=param_ratio,
-            method=method,
-            head_ratio=head_ratio,
-            global_pruning=global_pruning,
+            speedup=recipe.speedup,
+            param_ratio=recipe.param_ratio,
+            method=recipe.method,
+            head_ratio=recipe.head_ratio,
+            global_pruning=recipe.global_pruning,
             counter="flops",
-            seed=seed,
-            progress=progress,
+            seed=recipe.seed,
+            progress=recipe.progress,
         )
-    pruned = recalibrate_batchnorm(result.model, train, seed=seed)
+    pruned = recalibrate_batchnorm(result.model, train, seed=recipe.seed)
     losses: list[float] = []
-    if finetune_steps:
+    if recipe.finetune_steps:
         with clock.phase("finetune"):
-            losses = finetune(pruned, train, steps=finetune_steps, deadline=deadline, **train_kwargs)
+            losses = finetune(pruned, train, steps=recipe.finetune_steps, deadline=deadline, **train_kwargs)
     with clock.phase("measure_pruned"):
-        after = _measure(pruned.eval(), example, val, task, progress)
+        after = _measure(pruned.eval(), example, val, recipe.task, recipe.progress)
     training = {
-        "sparse": _curve(sparse_steps, sparse_losses, lr),
-        "finetune": _curve(finetune_steps, losses, lr),
+        "sparse": _curve(recipe.sparse_steps, sparse_losses, recipe.lr),
+        "finetune": _curve(recipe.finetune_steps, losses, recipe.lr),
     }
     return {"strength": strength, "result": result, "model": pruned, "after": after, "training": training}
 
@@ -306,31 +313,37 @@ def _change(before: Measurement, after: Measurement, task: Task) -> float:
     return after.loss - before.loss
 
 
-def _gate(gate: Gate, result: PruneResult, pruned: nn.Module, change: float, task: Task) -> list[str]:
-    """Why the pruned model fails, if it does; written so that NaN fails every comparison it enters."""
-    reasons = []
-    for name, reached, target in (
-        ("speed-up", result.speedup, gate.speedup),
-        ("parameter ratio", result.param_ratio, gate.param_ratio),
+GATES = ("speedup", "param_ratio", "quality", "finite_weights")
+
+
+def _gate(gate: Gate, result: PruneResult, pruned: nn.Module, change: float, task: Task) -> dict[str, str]:
+    """Why the pruned model fails, by gate (see :data:`GATES`), if it does; written so that NaN fails every
+    comparison it enters."""
+    failed = {}
+    for key, name, reached, target in (
+        ("speedup", "speed-up", result.speedup, gate.speedup),
+        ("param_ratio", "parameter ratio", result.param_ratio, gate.param_ratio),
     ):
         if target is not None and not reached >= target:
-            reasons.append(f"{name} {reached:.2f}x is below the target {target:.2f}x")
+            failed[key] = f"{name} {reached:.2f}x is below the target {target:.2f}x"
     bound, what, unit = (
         (gate.max_acc_drop, "accuracy dropped", "points, more than max_acc_drop")
         if task == "classification"
         else (gate.max_loss_increase, "eval loss rose", "nats per token, more than max_loss_increase")
     )
     if not math.isfinite(change):
-        reasons.append("the accuracy is not a number" if task == "classification" else "the eval loss is not a number")
+        failed["quality"] = (
+            "the accuracy is not a number" if task == "classification" else "the eval loss is not a number"
+        )
     elif bound is not None and not change <= bound:
-        reasons.append(f"{what} {change:.3g} {unit} {bound}")
+        failed["quality"] = f"{what} {change:.3g} {unit} {bound}"
     broken = [name for name, value in pruned.state_dict().items() if not torch.isfinite(value).all()]
     if broken:
-        reasons.append(
+        failed["finite_weights"] = (
             f"fine-tuning left NaN or infinite values in {len(broken)} tensors ({broken[0]}, ...); lower the "
             "learning rate"
         )
-    return reasons
+    return failed
 
 
 def default_global_pruning(model: nn.Module) -> bool:

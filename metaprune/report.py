@@ -87,21 +87,18 @@ def summary_markdown(report: dict[str, Any]) -> str:
 
 def junit_xml(report: dict[str, Any]) -> str:
     """One test case per gate (speed-up, parameter ratio, quality, finite weights), failed with its reason."""
-    checks = {
-        "speedup": [r for r in report["reasons"] if r.startswith("speed-up")],
-        "param_ratio": [r for r in report["reasons"] if r.startswith("parameter ratio")],
-        "quality": [r for r in report["reasons"] if "accuracy" in r or "eval loss" in r],
-        "finite_weights": [r for r in report["reasons"] if "NaN or infinite" in r],
-    }
+    from metaprune.pipeline import GATES
+
+    checks = {name: report["failed_gates"].get(name) for name in GATES}
     seconds = f"{report['wall_seconds'].get('total', 0.0):.3f}"
-    failed = sum(1 for reasons in checks.values() if reasons)
+    failed = sum(1 for reason in checks.values() if reason)
     suite = ElementTree.Element(
         "testsuite", name=SUITE, tests=str(len(checks)), failures=str(failed), errors="0", time=seconds
     )
-    for name, reasons in checks.items():
+    for name, reason in checks.items():
         case = ElementTree.SubElement(suite, "testcase", classname=SUITE, name=name, time="0")
-        if reasons:
-            ElementTree.SubElement(case, "failure", message="; ".join(reasons)).text = "\n".join(reasons)
+        if reason:
+            ElementTree.SubElement(case, "failure", message=reason).text = reason
     suites = ElementTree.Element("testsuites", name=SUITE, tests=str(len(checks)), failures=str(failed))
     suites.append(suite)
     ElementTree.indent(suites)
