@@ -30,6 +30,7 @@ from hypernets.command import (
     seed,
 )
 from hypernets.models import DEFAULT_SPEC, SPEC_FORMS, ModelSpecError
+from hypernets.train.config import FAMILIES
 
 if TYPE_CHECKING:
     import torch
@@ -191,7 +192,7 @@ def add_train_parser(commands: argparse._SubParsersAction, parents: list[argpars
         epilog=TRAIN_EXAMPLES,
         formatter_class=_HelpFormatter,
     )
-    train.add_argument("--family", choices=("vit", "gpt2"), default=defaults["family"], help="architecture family")
+    train.add_argument("--family", choices=FAMILIES, default=defaults["family"], help="architecture family")
     train.add_argument("--out", required=True, metavar="DIR", help="run directory (resumed if it holds a checkpoint)")
     train.add_argument("--steps", type=positive, default=defaults["steps"], help="total training steps")
     train.add_argument(
@@ -253,6 +254,13 @@ def add_train_parser(commands: argparse._SubParsersAction, parents: list[argpars
         metavar="N",
         help="cos/sin frequencies encoding tensor shapes (fewer generalize more smoothly to unseen widths)",
     )
+    group.add_argument(
+        "--width-scaling",
+        choices=("mup", "standard"),
+        default="mup",
+        help="how decoded matrices shrink with fan-in: 1/fan_in (muP; holds at widths far beyond training) "
+        "or 1/sqrt(fan_in) (a standard init's scale; what checkpoints before it used)",
+    )
     group.add_argument("--no-mip", action="store_true", help="no MIP (constant-norm inputs, residual outputs)")
     train.set_defaults(run=run_train)
 
@@ -268,7 +276,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, parents: list[argp
         epilog=EVALUATE_EXAMPLES,
         formatter_class=_HelpFormatter,
     )
-    evaluate.add_argument("--family", choices=("vit", "gpt2"), default="vit", help="architecture family")
+    evaluate.add_argument("--family", choices=FAMILIES, default="vit", help="architecture family")
     evaluate.add_argument(
         "--hypernet",
         type=_named_dir,
@@ -324,6 +332,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from hypernets import LoGAH
     from hypernets.checkpoint import check_finite_tensors, save_tensors
+    from hypernets.logah import WiderThanTrainedWarning
     from hypernets.models import build_model, example_input_shape
 
     check_device(args.device)
@@ -331,8 +340,15 @@ def run_predict(args: argparse.Namespace) -> int:
     hnet = LoGAH.from_pretrained(args.hypernet, map_location=args.device).eval()
     model = build_model(args.model, device="meta")
     start = time.perf_counter()
-    params = hnet.predict(model, args.input_shape or example_input_shape(args.model, model), getattr(torch, args.dtype))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WiderThanTrainedWarning)
+        params = hnet.predict(model, args.input_shape or example_input_shape(args.model, model), getattr(torch, args.dtype))
     seconds = time.perf_counter() - start
+    for warning in caught:
+        if issubclass(warning.category, WiderThanTrainedWarning):
+            print(f"hypernets predict: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     check_finite_tensors(params, f"the prediction in {args.dtype} (try --dtype float32)", UsageError)
     save_tensors(args.out, params, metadata={"model": args.model, "hypernet": str(args.hypernet)})
     values = sum(p.numel() for p in params.values())
@@ -366,6 +382,7 @@ def run_train(args: argparse.Namespace) -> int:
             tile=args.tile,
             mip=not args.no_mip,
             shape_frequencies=args.shape_frequencies,
+            width_scaling=args.width_scaling,
         )
     except ValueError as err:
         raise UsageError(f"hypernetwork options: {err}") from err

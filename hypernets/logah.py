@@ -12,6 +12,7 @@ the hypernetwork predicts from the tensor's node: trained networks scale their l
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ from hypernets.kernels import decode
 from hypernets.nn.decoders import LowRankDecoder, TiledDecoder, VectorDecoder
 from hypernets.nn.encoder import EncoderConfig, GraphEncoder
 from hypernets.nn.encoding import DEFAULT_FREQUENCIES
-from hypernets.nn.plan import VECTOR_ROLES, TargetPlan
+from hypernets.nn.plan import VECTOR_ROLES, WIDTH_SCALINGS, TargetPlan
 
 CHECKPOINT_KIND = "hypernets.LoGAH"
 INITIAL_RESIDUAL_GAIN = 0.1
+# Checkpoints written before these settings existed were trained with these values, not today's defaults.
+LEGACY_SETTINGS = {"width_scaling": "standard"}
 PREDICT_PART_VALUES = 2**26  # predict_ decodes 64M values (256 MB in fp32) at a time
 
 
@@ -50,15 +53,31 @@ class LoGAHConfig:
     mip: bool = True
     seed: int = 0  # seeds theta_0, the MIP residual base
     shape_frequencies: int = DEFAULT_FREQUENCIES  # cos/sin frequencies of the shape encoding; more alias unseen widths
+    width_scaling: str = "mup"  # how decoded matrices scale with fan-in: "mup" (1/fan_in) or "standard"
+    trained_max_dim: int = 0  # largest tensor dimension seen in meta-training (0: not recorded)
 
     def __post_init__(self) -> None:
         if self.decoder not in ("lowrank", "tiled"):
             raise ValueError(f"decoder must be 'lowrank' or 'tiled', got {self.decoder!r}")
+        if self.width_scaling not in WIDTH_SCALINGS:
+            raise ValueError(f"width_scaling must be one of {', '.join(WIDTH_SCALINGS)}, got {self.width_scaling!r}")
+        if self.trained_max_dim < 0:
+            raise ValueError(f"LoGAHConfig.trained_max_dim must be at least 0, got {self.trained_max_dim}")
         for name in ("hidden", "layers", "heads", "max_distance", "rank", "max_ck", "tile", "shape_frequencies"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoGAHConfig.{name} must be positive, got {getattr(self, name)}")
         if self.hidden % self.heads:
             raise ValueError(f"LoGAHConfig.hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+
+
+class WiderThanTrainedWarning(UserWarning):
+    """The target has tensors wider than any the hypernetwork was meta-trained on: its prediction there is
+    an extrapolation, measured in docs/benchmarks.md, and may start worse than a random init."""
+
+
+def largest_dim(model: nn.Module) -> int:
+    """The largest dimension of any parameter tensor of ``model`` (its widest layer, vocabulary or table)."""
+    return max((max(p.shape) for p in model.parameters() if p.dim()), default=0)
 
 
 class LoGAH(nn.Module):
@@ -123,7 +142,7 @@ class LoGAH(nn.Module):
     def _decode(self, h: Tensor, plan: TargetPlan, out_dtype: torch.dtype, backend: str) -> Tensor:
         """The plan's flat parameter buffer from node embeddings ``h``."""
         device = h.device
-        scale = plan.scale(self.config.rank).to(device)
+        scale = plan.scale(self.config.rank, self.config.width_scaling).to(device)
         vectors = self.vector_decoder(h, plan) if plan.vectors else None
         vector_base = plan.vector_base().to(device)
         theta0 = self._theta0(plan, vector_base, device) if self.config.mip else None
@@ -176,12 +195,28 @@ class LoGAH(nn.Module):
         inputs = inputs if inputs is not None else [None] * len(models)
         graphs = [to_op_graph(m, i, max_distance=self.config.max_distance) for m, i in zip(models, inputs, strict=True)]
         for model, graph in zip(models, graphs, strict=True):
+            self._warn_if_wider_than_trained(model)
             if graph.unused:
                 raise ValueError(
                     f"{type(model).__name__}: parameters {', '.join(graph.unused)} are never read by the forward "
                     f"pass, so the hypernetwork cannot place them; remove them or freeze them before predicting"
                 )
         return graphs
+
+    def _warn_if_wider_than_trained(self, model: nn.Module) -> None:
+        trained = self.config.trained_max_dim
+        if not trained:
+            return
+        wider = [(name, max(p.shape)) for name, p in model.named_parameters() if p.dim() and max(p.shape) > trained]
+        if wider:
+            name, dim = max(wider, key=lambda item: item[1])
+            warnings.warn(
+                f"{type(model).__name__} has {len(wider)} parameter tensors wider than any this hypernetwork was "
+                f"meta-trained on (dimensions up to {trained}); the widest is {name} with {dim}. Predictions "
+                "that far out are extrapolated: see docs/benchmarks.md for how far each shipped hypernetwork holds",
+                WiderThanTrainedWarning,
+                stacklevel=4,
+            )
 
     def predict(self, model: nn.Module, inputs: Inputs = None, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """Every parameter of ``model`` by name (tied parameters once), without touching the model."""
@@ -212,7 +247,8 @@ class LoGAH(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoGAH:
         """A checkpoint directory, or the name of a shipped hypernetwork (``"vit-mnist"``, ``"gpt2-pydoc"``;
         see :mod:`hypernets.pretrained`). An existing directory of that name wins."""
-        return load_model(_checkpoint_dir(directory), CHECKPOINT_KIND, LoGAHConfig, cls).to(map_location)
+        directory = _checkpoint_dir(directory)
+        return load_model(directory, CHECKPOINT_KIND, LoGAHConfig, cls, LEGACY_SETTINGS).to(map_location)
 
 
 def _checkpoint_dir(name_or_dir: str | os.PathLike) -> Path:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hypernets.logah import LoGAH, LoGAHConfig
 
+FAMILIES = ("vit", "gpt2", "gpt2-wide")  # the architecture families of hypernets.zoo, by name
 # A small hypernetwork that meta-trains on a CPU; the command line shows these without importing torch.
 HYPERNET_DEFAULTS: dict[str, Any] = {
     "hidden": 96,
@@ -31,7 +32,7 @@ def hypernet_config(**overrides: Any) -> LoGAHConfig:
 class TrainConfig:
     """Everything a run depends on; saved in each checkpoint so that a resume continues the same run."""
 
-    family: str = "vit"  # "vit" (MNIST) or "gpt2" (byte-level text)
+    family: str = "vit"  # one of FAMILIES: "vit" (MNIST), "gpt2" or "gpt2-wide" (byte-level text)
     out: str = "runs/hnet"
     steps: int = 2000
     archs_per_step: int = 8  # per rank
@@ -49,8 +50,8 @@ class TrainConfig:
     hypernet: LoGAHConfig = field(default_factory=hypernet_config)
 
     def __post_init__(self) -> None:
-        if self.family not in ("vit", "gpt2"):
-            raise ValueError(f"family must be 'vit' or 'gpt2', got {self.family!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         for name in ("steps", "archs_per_step", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

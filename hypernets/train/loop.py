@@ -13,8 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hypernets.atomic import atomic_write
 from hypernets.checkpoint import CheckpointError
-from hypernets.logah import LoGAH
-from hypernets.zoo.families import ArchSampler, get_family
+from hypernets.logah import LoGAH, largest_dim
+from hypernets.zoo.families import ArchSampler, Family, get_family
 
 from .config import TrainConfig, lr_at, parameter_groups
 from .distributed import setup
@@ -43,10 +43,11 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # the same initial hypernetwork on every rank
-    hnet = LoGAH(config.hypernet).to(device)
+    family = get_family(config.family)
+    hnet = LoGAH(config.hypernet, trained_max_dim=trained_max_dim(family)).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(hnet, config), lr=config.lr)
     seed = config.seed * 1_000_003 + 7919 * dist.rank  # different architectures and data on every rank
-    sampler = ArchSampler(get_family(config.family), seed=seed)
+    sampler = ArchSampler(family, seed=seed)
     data = torch.Generator().manual_seed(seed + 1)
     generators = {"arch": sampler.generator, "data": data}
     step = 0
@@ -97,6 +98,14 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
                 _publish(hnet, out, config.family)
     bar.close()
     return hnet
+
+
+def trained_max_dim(family: Family) -> int:
+    """The largest tensor dimension in ``family``'s training space, recorded in the hypernetwork's config so
+    that a prediction for anything wider warns. The widest architectures hold it; built on ``meta``."""
+    choices = ArchSampler(family).choices
+    widest = max(a.width for a in choices)
+    return max(largest_dim(a.build("meta")) for a in choices if a.width == widest)
 
 
 def _publish(hnet: LoGAH, out: Path, family: str) -> None:

@@ -82,11 +82,11 @@ class TextTask:
 
 
 def task_for(family: str) -> ImageTask | TextTask:
-    """The task a family's networks are trained and scored on."""
+    """The task a family's networks are trained and scored on (``"gpt2-wide"`` is GPT-2's)."""
+    from hypernets.zoo import get_family
+
     tasks = {"vit": ImageTask, "gpt2": TextTask}
-    if family not in tasks:
-        raise ValueError(f"no task for architecture family {family!r}; choose one of {', '.join(tasks)}")
-    return tasks[family]()
+    return tasks[get_family(family).arch.family]()
 
 
 def _device(model: nn.Module, params: dict[str, Tensor] | None) -> torch.device:

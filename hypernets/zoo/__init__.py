@@ -14,11 +14,12 @@ from .cnn import (
     vgg,
 )
 from .families import ArchSampler, Family, all_families, arch_from_json, arch_to_json, get_family
-from .gpt2 import GPT2_FAMILY, GPT2Arch
+from .gpt2 import GPT2_FAMILY, GPT2_WIDE_FAMILY, GPT2Arch
 from .vit import VIT_FAMILY, ViTArch
 
 __all__ = [
     "GPT2_FAMILY",
+    "GPT2_WIDE_FAMILY",
     "INPUT_SHAPES",
     "VGG_CONFIGS",
     "VIT_FAMILY",

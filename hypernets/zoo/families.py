@@ -106,7 +106,7 @@ def arch_from_json(text: str | Mapping[str, Any]) -> Arch:
 
 
 def get_family(name: str) -> Family:
-    """The family called ``name`` (``"vit"`` or ``"gpt2"``)."""
+    """The family called ``name`` (``"vit"``, ``"gpt2"`` or ``"gpt2-wide"``)."""
     families = all_families()
     if name not in families:
         raise ValueError(f"unknown architecture family {name!r}; choose one of {', '.join(families)}")
@@ -114,7 +114,7 @@ def get_family(name: str) -> Family:
 
 
 def all_families() -> dict[str, Family]:
-    from .gpt2 import GPT2_FAMILY  # imported here: they import this module
+    from .gpt2 import GPT2_FAMILY, GPT2_WIDE_FAMILY  # imported here: they import this module
     from .vit import VIT_FAMILY
 
-    return {f.name: f for f in (VIT_FAMILY, GPT2_FAMILY)}
+    return {f.name: f for f in (VIT_FAMILY, GPT2_FAMILY, GPT2_WIDE_FAMILY)}

@@ -67,3 +67,23 @@ GPT2_FAMILY = Family(
     },
     valid=lambda a: a.n_embd % a.n_head == 0,
 )
+
+# Wider widths at shallow depth and short context, where a width-384 GPT-2 is still cheap to meta-train on:
+# the range that lets a hypernetwork hold at GPT-2 small to XL widths (docs/benchmarks.md).
+GPT2_WIDE_FAMILY = Family(
+    name="gpt2-wide",
+    arch=GPT2Arch,
+    train={
+        "n_layer": (1, 2, 3, 4),
+        "n_embd": (32, 48, 64, 96, 128, 192, 256, 384),
+        "n_head": (2, 4, 8),
+        "n_positions": (64,),
+    },
+    heldout={
+        "n_layer": (1, 2, 3, 4, 5, 6),
+        "n_embd": (32, 48, 64, 96, 128, 192, 256, 384, 512, 768),
+        "n_head": (2, 4, 8),
+        "n_positions": (64,),
+    },
+    valid=lambda a: a.n_embd % a.n_head == 0 and (a.n_embd <= 96 or a.n_layer <= 2),
+)
