@@ -7,8 +7,9 @@ import torch
 
 from hypernets import LoGAH, pretrained
 from hypernets.checkpoint import CheckpointError
-from hypernets.train.tasks import task_for
-from hypernets.zoo import get_family
+from hypernets.logah import WiderThanTrainedWarning
+from hypernets.train.tasks import TextTask, task_for
+from hypernets.zoo import GPT2Arch, get_family
 
 MAX_BYTES = 5 * 2**20  # the limit for package data
 
@@ -38,3 +39,17 @@ def test_shipped_vit_hypernetworks_beat_random_init_on_a_held_out_vit(name: str,
     torch.manual_seed(0)
     random = arch.build("cpu")
     assert task.score(predicted) > task.score(random) + 20  # percent; random init sits near 10
+
+
+@pytest.mark.parametrize(("layers", "width"), [(2, 768), (1, 1600)])  # GPT-2 small's and XL's widths
+def test_shipped_gpt2_hypernetwork_beats_random_init_far_beyond_its_training_widths(layers: int, width: int):
+    arch = GPT2Arch(layers, width, width // 64, 64)
+    hnet = LoGAH.from_pretrained("gpt2-pydoc").eval()
+    assert hnet.config.width_scaling == "mup" and width >= 2 * hnet.config.trained_max_dim // 4  # 384 wide
+    task = TextTask()
+    with pytest.warns(WiderThanTrainedWarning):
+        predicted = hnet.predict_(arch.build("meta"), device="cpu")
+    torch.manual_seed(0)
+    random = task.score(arch.build("cpu"))
+    assert random > 5.0  # nats per byte: about a uniform guess (ln 256 = 5.55)
+    assert task.score(predicted) < random - 1.5  # measured: 2.7 (w768) and 3.5 (w1600) against 5.3 to 5.6
