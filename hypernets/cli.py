@@ -342,7 +342,8 @@ def run_predict(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", WiderThanTrainedWarning)
-        params = hnet.predict(model, args.input_shape or example_input_shape(args.model, model), getattr(torch, args.dtype))
+        inputs = args.input_shape or example_input_shape(args.model, model)
+        params = hnet.predict(model, inputs, getattr(torch, args.dtype))
     seconds = time.perf_counter() - start
     for warning in caught:
         if issubclass(warning.category, WiderThanTrainedWarning):

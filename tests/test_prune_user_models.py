@@ -188,11 +188,27 @@ def test_the_gate_of_the_other_task_is_refused(workdir, tmp_path, capsys) -> Non
     assert status == 2 and "--max-acc-drop is for classifiers" in capsys.readouterr().err
 
 
+def _tiny_neox(directory) -> None:
+    """GPT-NeoX: rotary on part of a fused per-head q/k/v projection, which the neuron graph refuses."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=256,
+        max_position_embeddings=64,
+    )
+    GPTNeoXForCausalLM(config).save_pretrained(directory)
+
+
 def test_a_metanet_that_cannot_read_the_model_exits_2_at_once_and_auto_prunes_without_it(workdir, tmp_path, capsys):
-    _tiny_llama(tmp_path / "llama")
+    _tiny_neox(tmp_path / "neox")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("some text " * 500)
-    spec = f"hf:{tmp_path / 'llama'}"
+    spec = f"hf:{tmp_path / 'neox'}"
     options = ["--data", f"text:{corpus}", "--block-size", "16", "--param-ratio", "1.1", "--max-loss-increase", "5"]
     status, _ = _prune(workdir, tmp_path, spec, *options, "--metanet", "cnn")
     err = capsys.readouterr().err.splitlines()[-1]  # after save_pretrained's progress bar

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -24,7 +25,7 @@ SMALL = dict(hidden=32, layers=1, heads=4, rank=4, max_ck=64)
 
 
 def _plan(*widths: int) -> TargetPlan:
-    model = nn.Sequential(*(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False)))
+    model = nn.Sequential(*(nn.Linear(a, b) for a, b in itertools.pairwise(widths)))
     return TargetPlan.for_graphs([to_op_graph(model, (1, widths[0]))], max_ck=64)[0]
 
 

@@ -32,7 +32,9 @@ class Op:
     indices of the ops whose results this op reads, in argument order. ``attrs`` holds what the graph
     views need: ``weight_layout`` of a linear ("out_in" or "in_out": which axis of the stored weight
     contracts with the input), ``groups``, ``transposed``, ``stride`` and ``padding`` of a conv, ``dim``
-    of a concat, and ``sliced``, the parameters an op reads only part of (a split fused projection).
+    of a concat, ``sliced``, the parameters an op reads only part of (a split fused projection), and
+    ``weight_offset`` of an RMS norm that scales by a constant plus its weight (Gemma's ``1 + weight``).
+    A rotary position embedding is one op of kind "other" and function ``"rotary_embedding"``.
     """
 
     index: int

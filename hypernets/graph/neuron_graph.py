@@ -7,7 +7,9 @@ model input whose stride is its kernel and that pads nothing, as in ViT) is a li
 its input nodes are (channel, kernel position) pairs and each of its edges carries one value, so that
 a 16 x 16 patch does not widen every edge of the graph to 256 columns. Biases and normalization
 parameters are node features; residual additions, normalizations and attention wiring are identity
-edges that carry no parameter. The map is a bijection: :func:`from_neuron_graph` returns every
+edges that carry no parameter; a gated MLP's product joins gate neuron i and up neuron i in one
+"scale" node, a grouped-query k/v head feeds every query head of its group, and rotary embeddings bind
+q/k features i and i + d/2 of a head. The map is a bijection: :func:`from_neuron_graph` returns every
 parameter (and batch-norm running statistics) exactly, and permuting the hidden neurons of a network
 (a symmetry that leaves its function unchanged) permutes the graph's nodes and nothing else.
 
@@ -17,6 +19,7 @@ counts of even the largest GPT-2 without allocating anything.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +30,7 @@ from torch_geometric.data import Data
 from .errors import GraphConversionError, UnsupportedModuleError, describe_module
 from .inputs import Inputs
 from .ir import ModelIR, Op
-from .tracer import trace
+from .tracer import ROTARY, trace
 
 NODE_TYPES: tuple[str, ...] = (
     "input",  # a model input feature, or one token of a vocabulary
@@ -44,7 +47,7 @@ EDGE_TYPES: tuple[str, ...] = (
     "weight",  # carries parameter values
     "identity",  # residual / norm / attention-value wiring, feature i -> feature i
     "head",  # q or k feature -> its head, head -> its output features
-    "qk_pair",  # q feature i <-> k feature i of the same head (they are permuted together)
+    "qk_pair",  # features permuted together: q i <-> k i of a head; rotary pairs i <-> i + d/2 of a q or k head
     "tied",  # a second reader of a tied weight: same values, written back through the first reader
 )
 NODE_SLOTS: tuple[str, ...] = ("bias", "weight", "norm_bias", "running_mean", "running_var")
@@ -188,7 +191,7 @@ class _Builder:
         if len(src) % groups or matrix.shape[1] % in_per_group:
             raise UnsupportedModuleError(
                 f"module {describe_module(op.module_path, op.module_type)}: weight '{name}' of shape "
-                f"{tuple(weight.shape)} does not map {len(src)} input features to {rows} outputs"
+                f"{tuple(weight.shape)} does not map {len(src)} input features to {rows} outputs{self._cause(op, src)}"
             )
         width = matrix.shape[1] // in_per_group
         grouped_src = src.view(groups, in_per_group).repeat_interleave(rows // groups, dim=0).reshape(-1)
@@ -201,9 +204,23 @@ class _Builder:
                 EdgePlacement(name, tuple(weight.shape), weight.dtype, start, rows, in_per_group, width, transposed)
             )
 
+    def _cause(self, op: Op, src: Tensor) -> str:
+        """Why a layer's input is not the features the op before it made, when its input shape tells."""
+        if op.kind not in ("linear", "conv") or not op.in_shapes:
+            return ""
+        shape = op.in_shapes[0]
+        reads = shape[-1] if op.kind == "linear" else shape[len(shape) - self.state[op.params["weight"]].dim() + 1]
+        if reads == len(src):
+            return ""
+        return (
+            f": it reads {reads} features where the op before it made {len(src)}, so the activation was split "
+            "(a channel split, as in ShuffleNet) or had its axes swapped (mixing along tokens, as in MLP-Mixer) "
+            "on the way, which the neuron graph does not follow"
+        )
+
     # -- ops --------------------------------------------------------------------------------------
     def add(self, op: Op) -> None:
-        handler = getattr(self, f"_{op.kind}", None)
+        handler = self._rotary if op.function == ROTARY else getattr(self, f"_{op.kind}", None)
         if handler is None and op.kind in _PASS_THROUGH:
             handler = self._pass_through
         if handler is None:
@@ -359,19 +376,29 @@ class _Builder:
         self.sets[op.index] = out
 
     def _attention(self, op: Op) -> None:
-        """Per head: q and k features -> head node -> output features; v -> output one-to-one."""
+        """Per query head: q and k features -> head node -> output features; v -> output one-to-one.
+
+        With grouped-query or multi-query attention each k/v head serves a group of query heads
+        (``repeat_kv`` only views it): its features are wired to every head of the group.
+        """
         q_shape = op.in_shapes[0]
         heads, head_dim = q_shape[1], q_shape[-1]
-        if len(op.inputs) == 1:
-            q, k, v = self.input_set(op).chunk(3)
+        if len(op.inputs) == 1:  # one fused projection [q | k | v], k and v as wide as each other
+            fused = self.input_set(op)
+            kv = max(len(fused) - heads * head_dim, 0) // 2
+            q, k, v = fused.split([len(fused) - 2 * kv, kv, kv])
         elif len(op.inputs) == 3:
             q, k, v = (self.sets[i] for i in op.inputs)
         else:
             self._unsupported(op, "attention whose keys and values come from one projection")
-        if not len(q) == len(k) == len(v) == heads * head_dim:
-            self._unsupported(op, f"attention with q/k/v of {len(q)}/{len(k)}/{len(v)} features and {heads} heads")
+        kv_heads = len(k) // head_dim
+        if len(q) != heads * head_dim or len(k) != len(v) or not kv_heads or len(k) % head_dim or heads % kv_heads:
+            self._unsupported(
+                op, f"attention with q/k/v of {len(q)}/{len(k)}/{len(v)} features and {heads} heads of {head_dim}"
+            )
+        k, v = (t.view(kv_heads, 1, head_dim).expand(-1, heads // kv_heads, -1).reshape(-1) for t in (k, v))
         head_nodes = self.new_nodes(heads, "head")
-        out = self.new_nodes(len(v), "attention")
+        out = self.new_nodes(len(q), "attention")
         of_head = head_nodes.repeat_interleave(head_dim)
         self.identity(q, of_head, "head")
         self.identity(k, of_head, "head")
@@ -379,6 +406,21 @@ class _Builder:
         self.identity(q, k, "qk_pair")
         self.identity(v, out)
         self.sets[op.index] = out
+
+    def _rotary(self, op: Op) -> None:
+        """Rotary position embeddings read no parameter but rotate features i and i + d/2 of every head
+        together, at a frequency of their own: a qk_pair edge binds each pair and carries its frequency
+        exponent i / (d/2) (RoPE's angle is position * base^(-i / (d/2))), so that permuting features
+        within a head, which changes the function, does not merely permute the graph's nodes."""
+        features, head_dim = self.input_set(op), op.in_shapes[0][-1]
+        if math.prod(op.in_shapes[0]) != math.prod(self.ir.ops[op.inputs[0]].out_shape):
+            self._unsupported(op, "rotary embeddings on part of a projection's features (fused q/k/v, partial rotary)")
+        if head_dim % 2 or len(features) % head_dim:
+            self._unsupported(op, f"rotary embeddings of {len(features)} features in heads of {head_dim}")
+        pairs = features.view(-1, 2, head_dim // 2).to(self.device)
+        exponent = torch.arange(head_dim // 2, device=self.device).repeat(len(pairs)) / (head_dim // 2)
+        self.add_edges(pairs[:, 0].reshape(-1), pairs[:, 1].reshape(-1), exponent.unsqueeze(1), "qk_pair")
+        self.sets[op.index] = features
 
     def _unsupported(self, op: Op, what: str) -> None:
         raise UnsupportedModuleError(

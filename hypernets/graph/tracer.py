@@ -6,13 +6,19 @@ function call and global module hooks keep the stack of modules being run. Data 
 by tensor identity: a tensor is *tracked* when it is a parameter, a model input, or the result of
 a recorded op. Calls on untracked tensors (mask construction, position ids) are not recorded,
 which is what plain ``torch.fx`` and autograd walks get wrong or right by accident.
+
+Two patterns become one op whatever their spelling: a leaf module that normalizes by the root mean
+square (``rms_norm``) and a rotary position embedding (``rotary_embedding``). Whatever the forward
+writes to the model (caches, buffers, attributes) is undone, so that later real forwards are unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import types
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,6 +55,13 @@ _TRANSPOSES = frozenset({"t", "T", "mT", "transpose", "swapaxes", "swapdims", "p
 # the recorder runs their body under the mode so that their linears and attention are recorded.
 _COMPOSITES = frozenset({"multi_head_attention_forward"})
 
+# Functions that centre their input: a module using one is not an RMS norm (a LayerNorm written by hand).
+_SUBTRACTIONS = frozenset({"sub", "sub_", "__sub__", "__rsub__", "__isub__", "var", "var_mean", "std"})
+# Mutable containers of module state that tracing may write to and that are put back afterwards.
+_CONTAINERS = (dict, OrderedDict, defaultdict, list, set)
+# The function name of a rotary position embedding collapsed into one op (see ``_Recorder._rotary_source``).
+ROTARY = "rotary_embedding"
+
 # A tag says where a tracked tensor comes from.
 _OP, _PARAM, _INDEX = "op", "param", "index"
 
@@ -75,7 +88,7 @@ def trace(model: nn.Module, inputs: Inputs = None) -> ModelIR:
     recorder = _Recorder(model)
     recorder.add_inputs(args, kwargs)
     quiet = _quiet_fake_tensor_log()  # it logs a traceback for every failed op; the error below says it once
-    with quiet, _eval_mode(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), recorder.hooks():
+    with quiet, _untouched(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), recorder.hooks():
         try:
             with recorder:
                 output = model(*args, **kwargs)
@@ -109,7 +122,7 @@ class _Recorder(TorchFunctionMode):
         self.param_names = {id(p): name for name, p in model.named_parameters()}
         self.param_sizes = {name: p.numel() for name, p in model.named_parameters()}
         self.module_names = {id(m): name for name, m in model.named_modules()}
-        self.stack: list[tuple[nn.Module, str | None]] = []  # (module, kind if recorded whole)
+        self.stack: list[tuple[nn.Module, str | None, int]] = []  # (module, kind if recorded whole, first op inside)
         self.ops: list[Op] = []
         self.tags: dict[int, tuple[str, Any]] = {}
         self.flipped: set[int] = set()  # ids of tensors that are transposed views of a matrix parameter
@@ -127,25 +140,38 @@ class _Recorder(TorchFunctionMode):
             post.remove()
 
     def _inside_whole_module(self) -> bool:
-        return any(kind is not None for _, kind in self.stack)
+        return any(kind is not None for _, kind, _ in self.stack)
 
     def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         kind = None if self._inside_whole_module() else _whole_module_kind(module)
-        self.stack.append((module, kind))
+        self.stack.append((module, kind, len(self.ops)))
 
     def _exit(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        _, kind = self.stack.pop()
+        _, kind, first = self.stack.pop()
+        inside = self.ops[first:]
+        rms_norm = kind is None and _is_rms_norm(module, inside, output)
+        if rms_norm:  # one op; its pow/mean/rsqrt/mul ops stay behind, read by nothing, and are dropped
+            kind = "rms_norm"
         if kind is None:
             return
         sources = [("input", t, self._tag(t)) for t in _tensors(args)]
         sources = [s for s in sources if s[2] is not None]
         params = {n: self.param_names[id(p)] for n, p in module.named_parameters()}
+        if rms_norm:
+            params = {"weight": next(iter(params.values()))}  # whatever the module calls its scale
         op = self._add_op(kind, type(module).__name__, sources, params, output, module)
+        if rms_norm and any(o.kind == "add" and o.params and not o.inputs for o in inside):
+            op.attrs["weight_offset"] = True  # scales by a constant plus the weight: Gemma's (1 + weight)
         self._tag_all(output, (_OP, op.index))
 
+    def _innermost(self) -> nn.Module:
+        """The innermost running module that is part of the model: ops of a wrapper outside it
+        (transformers' ``kernels`` hub ``Func`` around ``apply_rotary_pos_emb``) belong to its caller."""
+        return next((m for m, _, _ in reversed(self.stack) if id(m) in self.module_names), self.model)
+
     def current_module(self) -> str:
-        module = self.stack[-1][0] if self.stack else self.model
-        return describe_module(self.module_names.get(id(module), "?"), type(module).__name__)
+        module = self._innermost()
+        return describe_module(self.module_names[id(module)], type(module).__name__)
 
     # -- tagging --------------------------------------------------------------------------------
     def add_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -193,19 +219,49 @@ class _Recorder(TorchFunctionMode):
             return result  # arithmetic on token ids or positions: not part of the network
         params = _unique_roles((role, tag[1]) for role, _, tag in sources if tag[0] == _PARAM)
         if params and kind not in PARAMETRIC_KINDS:
-            module = self.stack[-1][0] if self.stack else self.model
+            module = self._innermost()
             raise UnsupportedModuleError(
                 f"module {self.current_module()} uses parameter(s) {', '.join(params.values())} through "
                 f"torch function '{name}', which the graph converter cannot represent. Parameters may be "
                 f"read by: {', '.join(sorted(PARAMETRIC_KINDS))}. To convert this module anyway, record it "
                 f"as one op: hypernets.graph.register_module({type(module).__name__}, kind='linear')"
             )
+        rotated = self._rotary_source(sources) if kind == "add" else None
+        if rotated is not None:  # x * cos + rotate_half(x) * sin: one op on x (cos and sin are not tracked)
+            kind, name, sources = "other", ROTARY, [("input", result, (_OP, rotated))]
         op = self._add_op(kind, name, sources, params, result, None)
         _annotate(op, name, args, kwargs)
         if kind == "linear":
             op.attrs["weight_layout"] = self._weight_layout(name, sources, args)
         self._tag_all(result, (_OP, op.index))
         return result
+
+    def _rotary_source(self, sources: list[tuple[str, torch.Tensor, tuple[str, Any]]]) -> int | None:
+        """The op of ``x`` when ``sources`` are the two terms of a rotary position embedding,
+        ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)`` on the last axis
+        (HF Llama, Mistral, Qwen2, Gemma, GPT-NeoX, Falcon), else None."""
+        if len(sources) != 2 or any(tag[0] != _OP for _, _, tag in sources):
+            return None
+        first, second = (self._times_constant(tag[1]) for _, _, tag in sources)
+        for x, rotated in ((first, second), (second, first)):
+            if x is None or rotated is None:
+                continue
+            cat = self.ops[rotated]
+            halves = [self.ops[i] for i in cat.inputs]
+            if (
+                cat.function == "cat"
+                and cat.attrs.get("dim") in (-1, len(cat.out_shape) - 1)
+                and [op.function in ("neg", "__neg__") for op in halves] == [True, False]
+                and halves[0].inputs == [x]
+                and cat.inputs[1] == x
+            ):
+                return x
+        return None
+
+    def _times_constant(self, index: int) -> int | None:
+        """The op of ``x`` when op ``index`` multiplies ``x`` by an untracked tensor or number, else None."""
+        op = self.ops[index]
+        return op.inputs[0] if op.kind == "mul" and not op.params and len(op.in_shapes) == 1 else None
 
     def _pass_through(self, name: str, source, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """The result carries its source's identity; a view of a matrix parameter also whether it is transposed."""
@@ -243,7 +299,7 @@ class _Recorder(TorchFunctionMode):
         return op
 
     def _add_op(self, kind, function, sources, params, result, module: nn.Module | None) -> Op:
-        module = module or self._owning_module(params, self.stack[-1][0] if self.stack else self.model)
+        module = module or self._owning_module(params, self._innermost())
         op = self._new_op(kind, function, self.module_names.get(id(module), ""), type(module).__name__)
         for _, tensor, tag in sources:
             if tag[0] != _PARAM:
@@ -332,6 +388,24 @@ def _whole_module_kind(module: nn.Module) -> str | None:
     return next((kind for key, kind in ACTIVATION_MODULE_KEYWORDS if key in class_name), None)
 
 
+def _is_rms_norm(module: nn.Module, ops: list[Op], output: Any) -> bool:
+    """Whether a leaf module with one vector parameter normalized by the root mean square.
+
+    Read from the ops it ran, not its class name, so every spelling matches (HF Llama, Mistral,
+    Qwen2 and Gemma ``RMSNorm``, ``T5LayerNorm``, timm ``RmsNorm``): a mean of squares and a
+    (reciprocal) square root, or a vector norm, and nothing that centres (a hand-written LayerNorm).
+    """
+    params = list(module.parameters())
+    first = next(_tensors(output), None)
+    if next(module.children(), None) is not None or len(params) != 1 or first is None or first.dim() == 0:
+        return False
+    if params[0].dim() != 1 or params[0].numel() != first.shape[-1]:
+        return False
+    functions = {op.function for op in ops}
+    mean_square = "mean" in functions and functions & {"pow", "square"} and functions & {"rsqrt", "sqrt"}
+    return bool(mean_square or functions & {"norm", "normalize", "vector_norm"}) and not functions & _SUBTRACTIONS
+
+
 def _function_name(func: Any) -> str:
     name = getattr(func, "__name__", "")
     if name in ("__get__", "__set__"):  # attribute access, e.g. Tensor.shape or Tensor.T
@@ -418,12 +492,33 @@ def _shape_of(value: Any) -> str:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Trace in eval mode (no batch-norm statistics updates, no dropout), then restore each flag."""
-    modes = [(m, m.training) for m in model.modules()]
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Trace in eval mode (no batch-norm statistics updates, no dropout) and leave the model as it was.
+
+    The traced forward is a real forward on fake tensors: a module that caches in eval mode (timm
+    LeViT's attention biases), sets a buffer or records anything in an attribute would keep a
+    FakeTensor and compute with it from then on. Every module attribute, and the contents of every
+    dict, list and set reachable from them (``_parameters``, ``_buffers``, caches), is put back.
+    """
+    saved: dict[int, tuple[Any, Any]] = {}
+    for module in model.modules():
+        _snapshot(vars(module), saved)
     model.eval()
     try:
         yield
     finally:
-        for module, training in modes:
-            module.training = training
+        for container, content in saved.values():
+            container.clear()
+            (container.extend if isinstance(container, list) else container.update)(content)
+
+
+def _snapshot(value: Any, saved: dict[int, tuple[Any, Any]]) -> None:
+    """A shallow copy of ``value`` and of each container inside it, keyed by identity."""
+    if id(value) in saved:
+        return
+    if type(value) in _CONTAINERS:
+        saved[id(value)] = (value, copy.copy(value))
+    elif not isinstance(value, tuple):
+        return
+    for item in value.values() if isinstance(value, dict) else value:
+        _snapshot(item, saved)

@@ -30,7 +30,7 @@ OP_KINDS: tuple[str, ...] = (
     "max_pool",
     "avg_pool",
     "mean",  # reductions over tokens or positions (global average pooling)
-    "other",  # any other computation on activations (pow, exp, where, ...)
+    "other",  # any other computation on activations (rotary embeddings, pow, exp, where, ...)
 )
 OP_INDEX: dict[str, int] = {kind: i for i, kind in enumerate(OP_KINDS)}
 

@@ -20,18 +20,23 @@ def decode_reference(
     """``theta0 + scale * [A_i @ B_i.T ..., vectors]`` as one flat buffer; inputs are assumed validated.
 
     Products and the epilogue run in at least fp32 (float64 stays float64, for gradcheck) and the result is
-    cast once at the end, matching the Triton kernel's numerics.  Autograd flows through plain torch ops.
+    cast once at the end, matching the Triton kernel's numerics. Each matrix is one ``addmm`` with the scale
+    and ``theta0`` folded in (one pass over its values, not three), and autograd flows through plain torch ops.
     """
     acc_dtype = torch.promote_types(a.dtype, torch.float32)
-    a_parts = a.to(acc_dtype).split(layout.rows)
-    b_parts = b.to(acc_dtype).split(layout.cols)
-    pieces = [(a_i @ b_i.T).flatten() for a_i, b_i in zip(a_parts, b_parts, strict=True)]
+    scales = scale.tolist() if scale is not None else [1.0] * layout.n_segments
+    bases = theta0.to(acc_dtype).split(layout.segment_numels) if theta0 is not None else None
+    pieces = []
+    products = zip(a.to(acc_dtype).split(layout.rows), b.to(acc_dtype).split(layout.cols), strict=True)
+    for i, (a_i, b_i) in enumerate(products):
+        if bases is None:
+            pieces.append(torch.mm(a_i, b_i.T).mul_(scales[i]).flatten())
+        else:
+            pieces.append(torch.addmm(bases[i].view(len(a_i), len(b_i)), a_i, b_i.T, alpha=scales[i]).flatten())
     if vectors is not None:
-        pieces.append(vectors.to(acc_dtype))
-    flat = torch.cat(pieces)
-    if scale is not None:
-        numels = torch.tensor(layout.segment_numels, device=flat.device)
-        flat = flat * scale.to(acc_dtype).repeat_interleave(numels, output_size=layout.total)
-    if theta0 is not None:
-        flat = theta0.to(acc_dtype) + flat
-    return flat.to(out_dtype or a.dtype)
+        vector_scale = torch.tensor(scales[layout.n_matrices :], dtype=acc_dtype, device=vectors.device)
+        vector_part = vectors.to(acc_dtype) * vector_scale.repeat_interleave(
+            torch.tensor(layout.vector_sizes, device=vectors.device), output_size=len(vectors)
+        )
+        pieces.append(vector_part if bases is None else torch.cat(bases[layout.n_matrices :]) + vector_part)
+    return torch.cat(pieces).to(out_dtype or a.dtype)
