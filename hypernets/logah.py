@@ -25,7 +25,7 @@ from hypernets.checkpoint import CheckpointError, load_model, save_checkpoint
 from hypernets.graph import to_op_graph
 from hypernets.graph.inputs import Inputs
 from hypernets.graph.vocab import OP_KINDS
-from hypernets.kernels import decode
+from hypernets.kernels import accumulate_decoded_, decode
 from hypernets.nn.decoders import LowRankDecoder, TiledDecoder, VectorDecoder
 from hypernets.nn.encoder import EncoderConfig, GraphEncoder
 from hypernets.nn.encoding import DEFAULT_FREQUENCIES
@@ -145,7 +145,8 @@ class LoGAH(nn.Module):
         scale = plan.scale(self.config.rank, self.config.width_scaling).to(device)
         vectors = self.vector_decoder(h, plan) if plan.vectors else None
         vector_base = plan.vector_base().to(device)
-        theta0 = self._theta0(plan, vector_base, device) if self.config.mip else None
+        in_place = not torch.is_grad_enabled() and device.type == "cpu" and backend in ("auto", "torch")
+        theta0 = self._theta0(plan, vector_base, device, in_place) if self.config.mip else None
         if vectors is not None and not self.config.mip:  # fold the constants in: scale * (v + base / scale)
             vectors = vectors + vector_base / scale[plan.layout.n_matrices :].repeat_interleave(
                 plan.vector_sizes.to(device)
@@ -155,6 +156,8 @@ class LoGAH(nn.Module):
             return self._tiled_flat(h, plan, scale, gains, theta0, vectors, out_dtype)
         a, b = self.matrix_decoder(h, plan)
         a = a * gains[plan.a.row_entries.to(device)][:, None]  # scale must stay constant for the kernel
+        if in_place and theta0 is not None:
+            return accumulate_decoded_(theta0, a, b, plan.layout, scale, vectors).to(out_dtype)
         return decode(a, b, plan.layout, scale, theta0, vectors, out_dtype, backend)
 
     def _matrix_gains(self, h: Tensor, plan: TargetPlan) -> Tensor:
@@ -164,13 +167,21 @@ class LoGAH(nn.Module):
         gains = self.log_gain(h[nodes]).squeeze(-1).exp()
         return gains * self.residual_gain[plan.matrix_kinds.to(h.device)] if self.config.mip else gains
 
-    def _theta0(self, plan: TargetPlan, vector_base: Tensor, device: torch.device) -> Tensor:
+    def _theta0(self, plan: TargetPlan, vector_base: Tensor, device: torch.device, in_place: bool) -> Tensor:
+        """theta_0 as one flat buffer: the seeded random base times its op kind's base gain, then the vectors'
+        constants. ``in_place`` (inference on CPU) applies the gains inside the one buffer it returns."""
         gains = self.base_gain[plan.matrix_kinds.to(device)]
-        matrices = [
-            base.to(device) * gain for base, gain in zip(plan.matrix_base(self.config.seed), gains, strict=True)
-        ]
         roles = plan.vector_roles.to(device).repeat_interleave(plan.vector_sizes.to(device))
-        return torch.cat([*matrices, vector_base + self.vector_offset[roles]])
+        vectors = vector_base + self.vector_offset[roles]
+        if not in_place:
+            segments = plan.matrix_base(self.config.seed).to(device).split(plan.matrix_numels)
+            return torch.cat([*(segment * gain for segment, gain in zip(segments, gains, strict=True)), vectors])
+        flat = torch.empty(plan.layout.total)
+        matrices = plan.matrix_base(self.config.seed, out=flat[: plan.layout.matrix_numel])
+        for segment, gain in zip(matrices.split(plan.matrix_numels), gains.tolist(), strict=True):
+            segment.mul_(gain)
+        flat[plan.layout.matrix_numel :] = vectors
+        return flat
 
     def _tiled_flat(self, h, plan, scale, gains, theta0, vectors, out_dtype) -> Tensor:
         """The baseline's flat buffer, same contract as :func:`hypernets.kernels.decode`, in eager torch."""

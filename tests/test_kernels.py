@@ -12,7 +12,7 @@ import pytest
 import torch
 from kernels_helpers import DTYPES, GROUPS, make_inputs, naive_decode, tolerance
 
-from hypernets.kernels import DecodeLayout, decode, split, tiles
+from hypernets.kernels import DecodeLayout, accumulate_decoded_, decode, split, tiles
 
 HERE = Path(__file__).parent
 
@@ -40,6 +40,18 @@ def test_split_returns_views_in_layout_order():
 
 
 # ------------------------------------------------------------------------------------------ reference
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_in_place_accumulation_equals_decode_in_the_same_buffer(group):
+    layout = GROUPS[group]
+    inputs = make_inputs(layout, 7, with_scale=True, with_theta0=True, seed=3)
+    expected = decode(inputs.a, inputs.b, layout, inputs.scale, inputs.theta0, inputs.vectors, backend="torch")
+    buffer = inputs.theta0.clone()
+    result = accumulate_decoded_(buffer, inputs.a, inputs.b, layout, inputs.scale, inputs.vectors)
+    assert result.data_ptr() == buffer.data_ptr()  # no second buffer
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.double(), naive_decode(layout, inputs), rtol=1e-5, atol=1e-5)
 
 OPTIONS = {"plain": (False, False), "scale": (True, False), "theta0": (False, True), "both": (True, True)}
 

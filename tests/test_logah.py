@@ -188,6 +188,17 @@ def test_meta_training_reduces_the_task_loss(mip: bool, decoder: str) -> None:
     assert losses[-1] < losses[0] - 0.2, losses
 
 
+def test_inference_in_one_buffer_equals_the_differentiable_prediction(hnet: LoGAH) -> None:
+    graphs = [to_op_graph(_gpt2()), to_op_graph(_vit())]
+    differentiable = hnet(graphs)
+    with torch.no_grad():
+        in_place = hnet(graphs)
+    for grad, no_grad in zip(differentiable, in_place, strict=True):
+        assert grad.keys() == no_grad.keys()
+        for key in grad:
+            torch.testing.assert_close(no_grad[key], grad[key].detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_prediction_in_parts_equals_prediction_at_once(hnet: LoGAH) -> None:
     graphs = [to_op_graph(_gpt2()), to_op_graph(_vit())]
     whole = hnet(graphs)

@@ -6,5 +6,6 @@ single launch on GPU; ``split`` gives per-tensor views of it.  See ``docs/kernel
 
 from hypernets.kernels.dispatch import decode
 from hypernets.kernels.layout import DecodeLayout, split
+from hypernets.kernels.reference import accumulate_decoded_
 
-__all__ = ["DecodeLayout", "decode", "split"]
+__all__ = ["DecodeLayout", "accumulate_decoded_", "decode", "split"]

@@ -40,3 +40,24 @@ def decode_reference(
         )
         pieces.append(vector_part if bases is None else torch.cat(bases[layout.n_matrices :]) + vector_part)
     return torch.cat(pieces).to(out_dtype or a.dtype)
+
+
+@torch.no_grad()
+def accumulate_decoded_(
+    theta: Tensor, a: Tensor, b: Tensor, layout: DecodeLayout, scale: Tensor, vectors: Tensor | None = None
+) -> Tensor:
+    """``theta += scale * [A_i @ B_i.T ..., vectors]`` in place, segment by segment, and ``theta`` back.
+
+    The inference path on CPU: the prediction is built inside the buffer that already holds ``theta0``, so
+    decoding a part of a model needs that one buffer, not three (products, their concatenation, the sum).
+    """
+    scales = scale.tolist()
+    segments = theta.split(layout.segment_numels)
+    products = zip(a.to(theta.dtype).split(layout.rows), b.to(theta.dtype).split(layout.cols), strict=True)
+    for i, (a_i, b_i) in enumerate(products):
+        segments[i].view(len(a_i), len(b_i)).addmm_(a_i, b_i.T, alpha=scales[i])
+    if vectors is not None:
+        vector_segments = zip(segments[layout.n_matrices :], vectors.split(layout.vector_sizes), strict=True)
+        for j, (segment, v_j) in enumerate(vector_segments, start=layout.n_matrices):
+            segment.add_(v_j, alpha=scales[j])
+    return theta

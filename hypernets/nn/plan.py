@@ -169,16 +169,21 @@ class TargetPlan:
         parts = [torch.full((e.rows,), e.base) for e in self.vectors]
         return torch.cat(parts) if parts else torch.zeros(0)
 
-    def matrix_base(self, seed: int) -> list[Tensor]:
-        """A reproducible random init of every matrix, std as in :class:`TensorEntry`, in matrix view.
+    def matrix_base(self, seed: int, out: Tensor | None = None) -> Tensor:
+        """A reproducible random init of every matrix, std as in :class:`TensorEntry`, in matrix view, as one
+        flat ``[layout.matrix_numel]`` CPU buffer (``out`` if given), each matrix drawn into its segment.
 
         Seeded by the tensor's name, so a network gets the same base whatever batch it is in.
         """
-        bases = []
-        for e in self.matrices:
+        flat = torch.empty(self.layout.matrix_numel) if out is None else out
+        for e, segment in zip(self.matrices, flat.split(self.matrix_numels), strict=True):
             generator = torch.Generator().manual_seed(seed ^ zlib.crc32(e.name.encode()))
-            bases.append(torch.randn(e.rows * e.cols, generator=generator) * e.std)
-        return bases
+            torch.randn(segment.numel(), generator=generator, out=segment).mul_(e.std)
+        return flat
+
+    @property
+    def matrix_numels(self) -> tuple[int, ...]:
+        return self.layout.segment_numels[: len(self.matrices)]
 
     def unflatten(self, flat: Tensor) -> list[dict[str, Tensor]]:
         """Split the flat decoded buffer into one ``{name: tensor}`` dict per network, exact shapes."""
