@@ -10,15 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hypernets.logah import LoGAH, LoGAHConfig
+    from hypernets.writers import load_predicted, save_prediction
 
-__all__ = ["LoGAH", "LoGAHConfig"]
+_HOMES = {"LoGAH": "logah", "LoGAHConfig": "logah", "save_prediction": "writers", "load_predicted": "writers"}
+__all__ = ["LoGAH", "LoGAHConfig", "load_predicted", "save_prediction"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
     """Import the model lazily: the command line starts without loading torch and PyG for ``--help``."""
-    if name in __all__:
-        from hypernets import logah
+    if name in _HOMES:
+        import importlib
 
-        return getattr(logah, name)
+        return getattr(importlib.import_module(f"hypernets.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'hypernets' has no attribute {name!r}")

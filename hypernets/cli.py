@@ -50,11 +50,15 @@ examples:
 PREDICT_EXAMPLES = """\
 examples:
   hypernets predict --hypernet hnet/ --model timm:vit_tiny_patch16_224 --out vit.safetensors
-  hypernets predict --hypernet hnet/ --model gpt2:large --dtype bfloat16 --out gpt2-large.safetensors
+  hypernets predict --hypernet gpt2-pydoc --model gpt2:large --format hf --out gpt2-large/
 
-The target is built on the meta device, so no random initialization is ever allocated; the file
-holds every parameter by name (tied parameters once), ready for model.load_state_dict(...).
-An existing --out is replaced only with --overwrite.
+The target is built on the meta device and its parameters are written as they are decoded, so neither
+a random init nor the whole model is ever held in memory. Load the result with
+  --format safetensors (one file):  hypernets.load_predicted(model, FILE)  (restores tied weights), or
+      timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=FILE, num_classes=N))
+  --format hf (a directory):        transformers.AutoModelForCausalLM.from_pretrained(DIR)
+An existing --out is replaced only with --overwrite. A target wider than anything the hypernetwork was
+meta-trained on gets a one-line warning naming its widest tensor.
 
 exit status: 0 written, 2 bad input (a missing or corrupt checkpoint, an unknown model or device, an
 unwritable --out; one line on stderr, nothing written), 3 internal error (please report).
@@ -166,8 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint directory, or a shipped name: vit-mnist, gpt2-pydoc",
     )
     predict.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec (default: {DEFAULT_SPEC})")
-    predict.add_argument("--out", required=True, metavar="FILE", help="safetensors file to write")
-    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    predict.add_argument("--out", required=True, metavar="PATH", help="safetensors file (or directory for hf)")
+    predict.add_argument(
+        "--format",
+        choices=("safetensors", "hf"),
+        default="safetensors",
+        help="one safetensors file, or a Hugging Face save_pretrained directory (HF models)",
+    )
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     predict.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written parameters")
     predict.add_argument("--device", default="cpu", help="where the hypernetwork runs, e.g. cpu or cuda")
     predict.add_argument("--input-shape", type=_shape, metavar="N,C,H,W", help="as for 'hypernets graph'")
@@ -325,35 +335,42 @@ def run_graph(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """The ``predict`` command: meta-device target in, one safetensors file of predictions out."""
-    import time
-
+    """The ``predict`` command: meta-device target in, predictions streamed to a file or an HF directory."""
     import torch
 
     from hypernets import LoGAH
-    from hypernets.checkpoint import check_finite_tensors, save_tensors
     from hypernets.logah import WiderThanTrainedWarning
     from hypernets.models import build_model, example_input_shape
+    from hypernets.writers import save_prediction
 
     check_device(args.device)
-    check_output(args.out, "--out", overwrite=args.overwrite)
+    check_output(args.out, "--out", directory=args.format == "hf", overwrite=args.overwrite)
     hnet = LoGAH.from_pretrained(args.hypernet, map_location=args.device).eval()
     model = build_model(args.model, device="meta")
-    start = time.perf_counter()
+    if args.format == "hf" and not hasattr(model, "save_pretrained"):
+        raise UsageError(f"--format hf: --model {args.model} is not a Hugging Face model; use --format safetensors")
+    inputs = args.input_shape or example_input_shape(args.model, model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", WiderThanTrainedWarning)
-        inputs = args.input_shape or example_input_shape(args.model, model)
-        params = hnet.predict(model, inputs, getattr(torch, args.dtype))
-    seconds = time.perf_counter() - start
+        try:
+            written = save_prediction(
+                hnet,
+                model,
+                args.out,
+                inputs,
+                getattr(torch, args.dtype),
+                args.format,
+                progress=sys.stderr.isatty(),
+                metadata={"model": args.model, "hypernet": str(args.hypernet)},
+            )
+        except ValueError as err:
+            raise UsageError(f"--dtype {args.dtype}: {err}") from err
     for warning in caught:
         if issubclass(warning.category, WiderThanTrainedWarning):
             print(f"hypernets predict: warning: {warning.message}", file=sys.stderr)
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    check_finite_tensors(params, f"the prediction in {args.dtype} (try --dtype float32)", UsageError)
-    save_tensors(args.out, params, metadata={"model": args.model, "hypernet": str(args.hypernet)})
-    values = sum(p.numel() for p in params.values())
-    print(f"predicted {len(params)} tensors ({values:,} values) of {args.model} in {seconds:.2f} s")
+    print(written.summary(args.model))
     print(f"wrote {args.out}")
     return 0
 

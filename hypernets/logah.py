@@ -130,13 +130,15 @@ class LoGAH(nn.Module):
         dtype: torch.dtype | None = None,
         backend: str = "auto",
         max_values: int | None = None,
+        plans: Sequence[TargetPlan] | None = None,
     ) -> Iterator[list[dict[str, Tensor]]]:
         """Like :meth:`forward`, in parts of at most ``max_values`` predicted values each (one part when
-        ``None``): the graph is encoded once, then decoded part by part, so that a caller that stores each
-        part away bounds the memory prediction needs beyond the parameters themselves."""
+        ``None``), or one part per plan of ``plans`` (from ``TargetPlan.for_graphs``): the graph is encoded once,
+        then decoded part by part, so that a caller that stores each part away bounds the memory prediction
+        needs beyond the parameters themselves."""
         device = self.vector_decoder.head[0].weight.device
         h = self.encoder(Batch.from_data_list(list(graphs)).to(device))
-        for plan in TargetPlan.for_graphs(graphs, self.config.max_ck, max_values):
+        for plan in plans or TargetPlan.for_graphs(graphs, self.config.max_ck, max_values):
             yield plan.unflatten(self._decode(h, plan, dtype or torch.float32, backend))
 
     def _decode(self, h: Tensor, plan: TargetPlan, out_dtype: torch.dtype, backend: str) -> Tensor:
@@ -199,9 +201,9 @@ class LoGAH(nn.Module):
         self, models: Sequence[nn.Module], inputs: Sequence[Inputs] | None = None, dtype: torch.dtype | None = None
     ) -> list[dict[str, Tensor]]:
         """Predict every parameter of each model in one batched pass of the hypernetwork."""
-        return self(self._graphs(models, inputs), dtype=dtype)
+        return self(self.op_graphs(models, inputs), dtype=dtype)
 
-    def _graphs(self, models: Sequence[nn.Module], inputs: Sequence[Inputs] | None) -> list[Data]:
+    def op_graphs(self, models: Sequence[nn.Module], inputs: Sequence[Inputs] | None) -> list[Data]:
         """Op graphs of ``models``; a parameter the forward pass never reads is an error, not a skip."""
         inputs = inputs if inputs is not None else [None] * len(models)
         graphs = [to_op_graph(m, i, max_distance=self.config.max_distance) for m, i in zip(models, inputs, strict=True)]
@@ -240,7 +242,7 @@ class LoGAH(nn.Module):
         A model built on the ``meta`` device is materialized on ``device`` (default: the
         hypernetwork's) with predicted values, so a huge model never needs a random init first.
         """
-        graphs = self._graphs([model], [inputs])
+        graphs = self.op_graphs([model], [inputs])
         if any(p.is_meta for p in model.parameters()):
             _materialize(model, device or self.vector_decoder.head[0].weight.device)
         params = dict(model.named_parameters())

@@ -529,14 +529,14 @@ def test_a_diverging_learning_rate_never_publishes_a_model(files, tmp_path, monk
 
 
 def test_a_non_finite_prediction_is_refused_and_not_written(files, tmp_path, monkeypatch, capsys):
-    real = LoGAH.predict
+    real = LoGAH.predictions
 
     def overflowing(self, *args, **kwargs):
-        params = real(self, *args, **kwargs)
-        next(iter(params.values())).view(-1)[0] = float("inf")
-        return params
+        for part in real(self, *args, **kwargs):
+            next(iter(part[0].values())).view(-1)[0] = float("inf")
+            yield part
 
-    monkeypatch.setattr(LoGAH, "predict", overflowing)
+    monkeypatch.setattr(LoGAH, "predictions", overflowing)
     monkeypatch.chdir(tmp_path)
     argv = ("predict", "--hypernet", str(files["hnet"]), "--model", TINY_MODEL, "--out", "x.safetensors")
     run(Case(argv, "NaN or infinite"), tmp_path, capsys)
@@ -557,7 +557,7 @@ def test_an_internal_error_exits_3_with_the_traceback_and_a_request_to_report(fi
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(LoGAH, "predict", broken)
+    monkeypatch.setattr(LoGAH, "predictions", broken)
     argv = ["predict", "--hypernet", str(files["hnet"]), "--model", TINY_MODEL, "--out", str(tmp_path / "x")]
     assert hypernets_main(argv) == 3
     err = capsys.readouterr().err
