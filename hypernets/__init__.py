@@ -9,11 +9,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hypernets.conditional import HypernetizeConfig, Hypernetized, hypernetize
     from hypernets.logah import LoGAH, LoGAHConfig
     from hypernets.writers import load_predicted, save_prediction
 
-_HOMES = {"LoGAH": "logah", "LoGAHConfig": "logah", "save_prediction": "writers", "load_predicted": "writers"}
-__all__ = ["LoGAH", "LoGAHConfig", "load_predicted", "save_prediction"]
+_HOMES = {
+    "LoGAH": "logah",
+    "LoGAHConfig": "logah",
+    "save_prediction": "writers",
+    "load_predicted": "writers",
+    "hypernetize": "conditional",
+    "Hypernetized": "conditional",
+    "HypernetizeConfig": "conditional",
+}
+__all__ = [
+    "HypernetizeConfig",
+    "Hypernetized",
+    "LoGAH",
+    "LoGAHConfig",
+    "hypernetize",
+    "load_predicted",
+    "save_prediction",
+]
 __version__ = "0.1.0"
 
 

@@ -1,0 +1,96 @@
+"""Hypernetwork bodies: an encoded condition ``[B, F]`` in, one ``[B, n_t]`` output per predicted tensor out.
+
+Outputs are of order one at init: the caller scales each tensor to its own magnitude. Two bodies:
+
+- :class:`MLPBody`: a shared trunk and one linear head per tensor. The heads hold ``hidden x`` the number
+  of predicted values: fine for small targets, 760 M weights for torchvision's resnet18 at ``hidden=64``
+  (hyperlight's default MLP for it has 1.44 B, by the issue's count).
+- :class:`ChunkedBody` (von Oswald et al. 2020): one shared head emits fixed-size chunks, each asked for
+  by a learned chunk embedding, so the body grows with the number of chunks times the chunk embedding's
+  width, not with the number of values: 0.37 M for resnet18 (``recipes/bench/bench_hypernetize.py``
+  counts both).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+from torch import Tensor, nn
+
+BODIES = ("auto", "mlp", "chunked")
+AUTO_MLP_LIMIT = 2**24  # "auto" picks the MLP while its heads hold at most 16 M weights (64 MB in fp32)
+
+
+def relu_mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers of ``sizes``, each followed by a ReLU; He-initialized, so features keep their scale."""
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in pairwise(sizes):
+        linear = nn.Linear(fan_in, fan_out)
+        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        layers += [linear, nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def output_layer(fan_in: int, fan_out: int) -> nn.Linear:
+    """A head whose outputs have about the RMS of its inputs, and no offset: scales are set per tensor."""
+    linear = nn.Linear(fan_in, fan_out)
+    nn.init.normal_(linear.weight, std=fan_in**-0.5)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class MLPBody(nn.Module):
+    """``trunk(x)`` then ``head_t`` per tensor."""
+
+    def __init__(self, in_features: int, sizes: Sequence[int], hidden: int, layers: int) -> None:
+        super().__init__()
+        self.trunk = relu_mlp([in_features] + [hidden] * layers)
+        self.heads = nn.ModuleList(output_layer(hidden, size) for size in sizes)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        z = self.trunk(x)
+        return [head(z) for head in self.heads]
+
+
+class ChunkedBody(nn.Module):
+    """``head([trunk(x), chunk embedding k]) -> chunk k``; every tensor gets its own ``ceil(n_t / chunk)`` chunks
+    (the last one cut to length), so no chunk straddles two tensors."""
+
+    def __init__(
+        self, in_features: int, sizes: Sequence[int], hidden: int, layers: int, chunk_size: int, chunk_dim: int
+    ) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        self.chunks_per_tensor = [math.ceil(size / chunk_size) for size in sizes]
+        self.trunk = relu_mlp([in_features] + [hidden] * layers)
+        self.chunk_embeddings = nn.Parameter(torch.randn(sum(self.chunks_per_tensor), chunk_dim))
+        self.head = nn.Sequential(relu_mlp([hidden + chunk_dim, hidden]), output_layer(hidden, chunk_size))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        z = self.trunk(x)  # [B, hidden]
+        batch, chunks = len(z), len(self.chunk_embeddings)
+        pairs = torch.cat([z[:, None].expand(-1, chunks, -1), self.chunk_embeddings.expand(batch, -1, -1)], dim=-1)
+        out = self.head(pairs)  # [B, chunks, chunk_size]
+        return [
+            part.reshape(batch, -1)[:, :size]
+            for part, size in zip(out.split(self.chunks_per_tensor, dim=1), self.sizes, strict=True)
+        ]
+
+
+def resolve_body(body: str, hidden: int, num_values: int) -> str:
+    """``"auto"`` becomes ``"mlp"`` while the MLP's heads stay under :data:`AUTO_MLP_LIMIT`, else ``"chunked"``."""
+    if body != "auto":
+        return body
+    return "mlp" if hidden * num_values <= AUTO_MLP_LIMIT else "chunked"
+
+
+def build_body(
+    body: str, in_features: int, sizes: Sequence[int], *, hidden: int, layers: int, chunk_size: int, chunk_dim: int
+) -> nn.Module:
+    """The body ``body`` names (``"mlp"`` or ``"chunked"``; resolve ``"auto"`` first)."""
+    if body == "mlp":
+        return MLPBody(in_features, sizes, hidden, layers)
+    return ChunkedBody(in_features, sizes, hidden, layers, chunk_size, chunk_dim)
