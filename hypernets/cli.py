@@ -90,12 +90,22 @@ a resumable checkpoint every --checkpoint-every steps and the latest hypernetwor
 
 EVALUATE_EXAMPLES = """\
 examples:
+  hypernets evaluate                                 # the shipped ViT hypernetworks on 4 held-out ViTs
+  hypernets evaluate --family gpt2 --finetune-steps 100 --out results/gpt2
   hypernets evaluate --family vit --hypernet LoGAH=runs/vit-logah/hypernet \\
-      --hypernet tiled=runs/vit-tiled/hypernet --out results/vit
+      --hypernet tiled=runs/vit-tiled/hypernet --archs 8 --finetune-steps 100 --out results/vit
 
 Held-out architectures are ones no training step samples: reserved in-range settings, and deeper and
-wider networks than any training one. OUT receives results.md, results.json and curves.png.
+wider networks than any training one. Without --hypernet the shipped ones for the family are compared
+(vit: LoGAH=vit-mnist and tiled=vit-mnist-tiled; gpt2: LoGAH=gpt2-pydoc). OUT, if given, receives
+results.md, results.json and curves.png.
 """
+
+SHIPPED_FOR_FAMILY = {
+    "vit": [("LoGAH", "vit-mnist"), ("tiled", "vit-mnist-tiled")],
+    "gpt2": [("LoGAH", "gpt2-pydoc")],
+    "gpt2-wide": [("LoGAH", "gpt2-pydoc")],
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,8 +291,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, parents: list[argp
         parents=parents,
         help="compare predicted and random initializations of held-out architectures",
         description="Initialize held-out architectures with each hypernetwork and with their own random init,\n"
-        "score them (eval accuracy for ViTs, eval loss for GPT-2) at step 0 and along a short AdamW\n"
-        "fine-tuning run, and write a markdown table and a plot.",
+        "score them (eval accuracy on the embedded MNIST for ViTs, eval loss on the embedded text for GPT-2)\n"
+        "at step 0 and, with --finetune-steps, along a short AdamW fine-tuning run; print a markdown table\n"
+        "and, with --out, write it with a plot.",
         epilog=EVALUATE_EXAMPLES,
         formatter_class=_HelpFormatter,
     )
@@ -291,16 +302,16 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, parents: list[argp
         "--hypernet",
         type=_named_dir,
         action="append",
-        required=True,
         metavar="NAME=DIR",
-        help="a hypernetwork checkpoint and the name its row gets; repeat to compare several",
+        help="a hypernetwork checkpoint (or shipped name) and the name its row gets; repeat to compare several "
+        "(default: the shipped ones for --family)",
     )
-    evaluate.add_argument("--archs", type=integer(1, 1000), default=8, help="held-out architectures to score")
-    evaluate.add_argument("--finetune-steps", type=count, default=100, metavar="N", help="AdamW steps per network")
+    evaluate.add_argument("--archs", type=integer(1, 1000), default=4, help="held-out architectures to score")
+    evaluate.add_argument("--finetune-steps", type=count, default=0, metavar="N", help="AdamW steps per network")
     evaluate.add_argument("--lr", type=number(0, 1, above=True), default=5e-4, help="fine-tuning learning rate")
     evaluate.add_argument("--batch-size", type=integer(1, 100_000), default=64, help="fine-tuning batch size")
     evaluate.add_argument("--seed", type=seed, default=0, help="picks the architectures, random inits and batches")
-    evaluate.add_argument("--out", required=True, metavar="DIR", help="where results.md and curves.png go")
+    evaluate.add_argument("--out", metavar="DIR", help="where results.md, results.json and curves.png go")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     evaluate.add_argument("--threads", type=integer(1, 4096), metavar="N", help="CPU threads")
     evaluate.set_defaults(run=run_evaluate)
@@ -437,23 +448,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from hypernets import LoGAH
-    from hypernets.evaluate import RANDOM, compare_inits, write_report
+    from hypernets.evaluate import RANDOM, compare_inits, markdown_table, write_report
     from hypernets.train import task_for
     from hypernets.zoo import get_family
 
+    args.hypernet = args.hypernet or SHIPPED_FOR_FAMILY[args.family]
     names = [name for name, _ in args.hypernet]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise UsageError(f"--hypernet: the name {repeated[0]!r} is given twice; give each hypernetwork its own name")
     if RANDOM in names:
         raise UsageError(f"--hypernet: {RANDOM!r} names the baseline row; choose another name")
-    check_output(args.out, "--out", directory=True, overwrite=args.overwrite)
+    if args.out:
+        check_output(args.out, "--out", directory=True, overwrite=args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     hypernets = {name: LoGAH.from_pretrained(directory) for name, directory in args.hypernet}
     archs = get_family(args.family).heldout_archs(args.archs, seed=args.seed)
     curves = compare_inits(archs, hypernets, args.family, args.finetune_steps, args.lr, args.batch_size, args.seed)
-    print(write_report(curves, args.out, task_for(args.family).metric, overwrite=True))  # --out was checked
+    metric = task_for(args.family).metric
+    if not args.out:
+        print(markdown_table(curves, metric))
+        return 0
+    print(write_report(curves, args.out, metric, overwrite=True))  # --out was checked
     print(f"wrote {args.out}/results.md, {args.out}/results.json and {args.out}/curves.png")
     return 0
 

@@ -99,20 +99,22 @@ def summary(curves: Sequence[Curve]) -> dict[str, list[float]]:
 
 
 def markdown_table(curves: Sequence[Curve], metric: str) -> str:
-    """One row per initialization (mean over architectures), then the same per architecture."""
-    steps = curves[0].steps
+    """One row per initialization (mean over architectures), then the same per architecture; the columns
+    are step 0 and, when there was fine-tuning, its last step."""
+    last = curves[0].steps[-1]
     archs = sorted({c.arch for c in curves})
-    header = f"| initialization | {metric} at step 0 | {metric} after {steps[-1]} steps |\n|---|---:|---:|"
-    rows = [f"| {name} | {s[0]:.3f} | {s[-1]:.3f} |" for name, s in summary(curves).items()]
-    detail = ["", f"| architecture | initialization | step 0 | step {steps[-1]} |", "|---|---|---:|---:|"]
-    detail += [
-        f"| {c.arch} | {c.init} | {c.scores[0]:.3f} | {c.scores[-1]:.3f} |"
-        for a in archs
-        for c in curves
-        if c.arch == a
-    ]
+
+    def cells(scores: list[float]) -> str:
+        return " | ".join(f"{s:.3f}" for s in (scores[:1] if last == 0 else [scores[0], scores[-1]]))
+
+    columns = f"{metric} at step 0" + ("" if last == 0 else f" | {metric} after {last} steps")
+    rule = "---:|" * (1 if last == 0 else 2)
+    rows = [f"| initialization | {columns} |", f"|---|{rule}"]
+    rows += [f"| {name} | {cells(s)} |" for name, s in summary(curves).items()]
+    detail = ["", f"| architecture | initialization | {columns} |", f"|---|---|{rule}"]
+    detail += [f"| {c.arch} | {c.init} | {cells(c.scores)} |" for a in archs for c in curves if c.arch == a]
     title = f"Mean eval {metric} over {len(archs)} held-out architectures\n\n"
-    return title + "\n".join([header, *rows, *detail]) + "\n"
+    return title + "\n".join([*rows, *detail]) + "\n"
 
 
 def plot_curves(curves: Sequence[Curve], path: str | Path, metric: str) -> None:
