@@ -49,3 +49,13 @@ def test_errors_exit_with_status_2(tmp_path, capsys):
     assert "hypernets: error:" in capsys.readouterr().err
     assert main(["evaluate", "--hypernet", "no-name", "--out", str(tmp_path)]) == 2
     assert "expected NAME=DIR" in capsys.readouterr().err
+
+
+def test_bare_evaluate_compares_the_shipped_hypernetworks_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--archs", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in out.splitlines()[4:7]}
+    assert list(rows) == ["LoGAH", "tiled", "random init"]
+    assert rows["LoGAH"] > rows["random init"] + 50 and rows["tiled"] > rows["random init"] + 50  # accuracy, %
+    assert list(tmp_path.iterdir()) == []
