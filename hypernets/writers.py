@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import struct
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -106,7 +108,7 @@ def save_prediction(
     predicted = [_Tensor(e.name, e.shape, dtype) for plan in plans for e in plan.entries]
     buffers = [] if format == "hf" else _buffers(model)
     tensors = predicted + [_Tensor(name, tuple(b.shape), b.dtype) for name, b in buffers]
-    stream = _stream(hypernet, graphs, plans, dtype, buffers)
+    stream = _prefetched(_stream(hypernet, graphs, plans, dtype, buffers))
     meta = {"format": "pt", **(metadata or {})}
     if format == "safetensors":
         meta[TIED_KEY] = json.dumps(_tied(model))
@@ -152,6 +154,44 @@ def _stream(
                     raise ValueError(f"the prediction of {name} in {dtype} holds NaN or infinite values (try float32)")
                 yield name, tensor
     yield from buffers
+
+
+def _prefetched(items: Iterator[tuple[str, Tensor]], ahead: int = 2) -> Iterator[tuple[str, Tensor]]:
+    """``items`` produced on a background thread while the caller writes the previous ones: decoding and
+    disk writes overlap (both release the GIL). At most ``ahead`` tensors wait; an error is re-raised here."""
+    slots: queue.Queue = queue.Queue(maxsize=ahead)
+    done = object()
+    stop = threading.Event()
+
+    def offer(item: object) -> bool:
+        """Put ``item`` in a slot unless the consumer has stopped; whether it went in."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(done)
+        except BaseException as err:  # handed to the consumer, which raises it
+            offer(err)
+
+    producer = threading.Thread(target=produce, name="hypernets-decode", daemon=True)
+    producer.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def _buffers(model: nn.Module) -> list[tuple[str, Tensor]]:

@@ -120,3 +120,24 @@ def test_bad_requests_raise_and_leave_nothing(hnet, tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite"):
         save_prediction(broken, _gpt2("meta"), out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_write_stops_the_decoding_thread_and_leaves_nothing(hnet, tmp_path, monkeypatch):
+    import threading
+
+    import hypernets.writers as writers
+
+    real, calls = writers._write_tensor, []
+
+    def failing(file, tensor):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(file, tensor)
+
+    monkeypatch.setattr(writers, "PART_VALUES", 5000)
+    monkeypatch.setattr(writers, "_write_tensor", failing)
+    with pytest.raises(OSError, match="No space left"):
+        save_prediction(hnet, _gpt2("meta"), tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    assert not any(t.name == "hypernets-decode" for t in threading.enumerate())
