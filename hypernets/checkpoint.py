@@ -161,19 +161,14 @@ def _type_name(expected: Any) -> str:
 
 
 def load_model(
-    directory: str | os.PathLike,
-    kind: str,
-    settings_class: type[Config],
-    build: Callable[[Config], torch.nn.Module],
-    legacy: dict[str, Any] | None = None,
+    directory: str | os.PathLike, kind: str, settings_class: type[Config], build: Callable[[Config], torch.nn.Module]
 ) -> torch.nn.Module:
     """The model a checkpoint directory of ``kind`` holds, ``build(settings)`` with its weights loaded: the
     settings checked for type, the tensors for shape against a build on the ``meta`` device (settings that
-    imply a 51 GB model fail here, not in the allocator), and only then the real build. ``legacy`` gives
-    the value of a setting that a checkpoint written before the setting existed was trained with."""
+    imply a 51 GB model fail here, not in the allocator), and only then the real build."""
     directory = Path(directory)
     config, state = load_checkpoint(directory, kind)
-    settings = typed_config(settings_class, {**(legacy or {}), **config}, directory / CONFIG_FILE)
+    settings = typed_config(settings_class, config, directory / CONFIG_FILE)
     with torch.device("meta"):
         _compare_state(build(settings), state, directory / WEIGHTS_FILE)
     model = build(settings)

@@ -33,8 +33,6 @@ from hypernets.nn.plan import VECTOR_ROLES, WIDTH_SCALINGS, TargetPlan
 
 CHECKPOINT_KIND = "hypernets.LoGAH"
 INITIAL_RESIDUAL_GAIN = 0.1
-# Checkpoints written before these settings existed were trained with these values, not today's defaults.
-LEGACY_SETTINGS = {"width_scaling": "standard"}
 PREDICT_PART_VALUES = 2**26  # predict_ decodes 64M values (256 MB in fp32) at a time
 
 
@@ -53,7 +51,7 @@ class LoGAHConfig:
     mip: bool = True
     seed: int = 0  # seeds theta_0, the MIP residual base
     shape_frequencies: int = DEFAULT_FREQUENCIES  # cos/sin frequencies of the shape encoding; more alias unseen widths
-    width_scaling: str = "mup"  # how decoded matrices scale with fan-in: "mup" (1/fan_in) or "standard"
+    width_scaling: str = "standard"  # decoded matrices shrink as 1/sqrt(fan_in) ("standard") or 1/fan_in ("mup")
     trained_max_dim: int = 0  # largest tensor dimension seen in meta-training (0: not recorded)
 
     def __post_init__(self) -> None:
@@ -260,8 +258,7 @@ class LoGAH(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoGAH:
         """A checkpoint directory, or the name of a shipped hypernetwork (``"vit-mnist"``, ``"gpt2-pydoc"``;
         see :mod:`hypernets.pretrained`). An existing directory of that name wins."""
-        directory = _checkpoint_dir(directory)
-        return load_model(directory, CHECKPOINT_KIND, LoGAHConfig, cls, LEGACY_SETTINGS).to(map_location)
+        return load_model(_checkpoint_dir(directory), CHECKPOINT_KIND, LoGAHConfig, cls).to(map_location)
 
 
 def _checkpoint_dir(name_or_dir: str | os.PathLike) -> Path:

@@ -71,12 +71,12 @@ def test_bad_settings_are_refused():
 
 
 def test_a_checkpoint_from_before_width_scaling_loads_as_standard(tmp_path):
-    LoGAH(**SMALL).save_pretrained(tmp_path)
+    LoGAH(**SMALL, width_scaling="mup").save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["width_scaling"] == "mup"  # today's default is written out
+    assert config["width_scaling"] == "mup"  # the choice is written out
     del config["width_scaling"], config["trained_max_dim"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    loaded = LoGAH.from_pretrained(tmp_path)
+    loaded = LoGAH.from_pretrained(tmp_path)  # written before the settings existed: how it was trained
     assert loaded.config.width_scaling == "standard" and loaded.config.trained_max_dim == 0
     config["width_scaling"] = "cubic"
     (tmp_path / "config.json").write_text(json.dumps(config))

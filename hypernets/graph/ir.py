@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,6 +27,26 @@ class ParamInfo:
 
 
 @dataclass
+class ViewStep:
+    """One call that only moves data (reshape, permute, slice, split, ...) between an op's output and a
+    reader. Replayed on a tensor of node ids it tells which output feature lands at which position of
+    what the reader sees: the neuron graph follows fused projections, per-head layouts and channel
+    shuffles this way, whatever code wrote them."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...] = ()  # the arguments after the tensor
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    item: int | None = None  # which tensor of a tuple result (split, chunk, unbind)
+
+    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            result = self.function(tensor, *self.args, **self.kwargs)
+        except RuntimeError:  # ``view`` of an expanded (stride-0) tensor: the same call on a copy
+            result = self.function(tensor.contiguous(), *self.args, **self.kwargs)
+        return result[self.item] if self.item is not None else result
+
+
+@dataclass
 class Op:
     """One operation of the forward pass, in execution (hence topological) order.
 
@@ -34,7 +56,13 @@ class Op:
     contracts with the input), ``groups``, ``transposed``, ``stride`` and ``padding`` of a conv, ``dim``
     of a concat, ``sliced``, the parameters an op reads only part of (a split fused projection), and
     ``weight_offset`` of an RMS norm that scales by a constant plus its weight (Gemma's ``1 + weight``).
-    A rotary position embedding is one op of kind "other" and function ``"rotary_embedding"``.
+    A rotary position embedding is one op of kind "other" and function ``"rotary_embedding"``, with
+    ``pairs`` "halves" (features i and i + d/2 rotate together) or "interleaved" (2i and 2i + 1).
+    ``pieces`` of a concat lists, in order, each concatenated tensor as (parameter name or None, length).
+    ``roles`` of an attention names each activation it reads ("query", "key", "value", "attn_mask").
+
+    ``sources`` and ``views`` run parallel to ``in_shapes``: for each activation read, the op that made
+    it and the data-moving calls in between (None where one of them cannot be replayed).
     """
 
     index: int
@@ -46,7 +74,9 @@ class Op:
     params: dict[str, str] = field(default_factory=dict)
     in_shapes: list[tuple[int, ...]] = field(default_factory=list)
     out_shape: tuple[int, ...] = ()
-    attrs: dict[str, object] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    sources: list[int] = field(default_factory=list)
+    views: list[tuple[ViewStep, ...] | None] = field(default_factory=list)
 
 
 @dataclass

@@ -9,7 +9,16 @@ a 16 x 16 patch does not widen every edge of the graph to 256 columns. Biases an
 parameters are node features; residual additions, normalizations and attention wiring are identity
 edges that carry no parameter; a gated MLP's product joins gate neuron i and up neuron i in one
 "scale" node, a grouped-query k/v head feeds every query head of its group, and rotary embeddings bind
-q/k features i and i + d/2 of a head. The map is a bijection: :func:`from_neuron_graph` returns every
+the q/k feature pairs they rotate together (i and i + r/2 of the r rotated features, or 2i and 2i + 1).
+Attention written as matmuls (``q @ k^T``, softmax, ``@ v``) is wired as SDPA is; a relative position
+bias table (Swin, BEiT, LeViT, T5) feeds the head nodes through one token node per relative position.
+
+Which feature an op reads at each position is found, not assumed: every op output has a *layout*, the
+node of each of its elements, and the data-moving calls the tracer saw between it and a reader
+(reshape, permute, split, slice, channel shuffle, ...) are replayed on it. Fused projections in any
+layout ([q | k | v] blocks, per-head [q_h | k_h | v_h], partial rotary slices) and channel splits are
+followed exactly; a layer whose input axis holds tokens rather than features (MLP-Mixer's token mixing)
+is refused with that cause. The map is a bijection: :func:`from_neuron_graph` returns every
 parameter (and batch-norm running statistics) exactly, and permuting the hidden neurons of a network
 (a symmetry that leaves its function unchanged) permutes the graph's nodes and nothing else.
 
@@ -19,9 +28,9 @@ counts of even the largest GPT-2 without allocating anything.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -146,6 +155,9 @@ class _Builder:
             for i in op.inputs:
                 self.consumers.setdefault(i, []).append(op)
         self.sets: dict[int, Tensor] = {}  # op index -> node ids of its output features
+        self.layouts: dict[int, Tensor] = {}  # op index -> node of each element of its output (broadcastable)
+        self.scores: set[int] = set()  # ops whose output is attention scores (one head node per row)
+        self.pieces: dict[int, list[tuple[str | None, int]]] = {}  # concatenations of parameters: a bias
         self.producer: dict[int, Op] = {}  # first node id of a set -> op that created it
         self.with_norm: set[int] = set()  # first node ids of sets a batch norm was attached to
         self.node_types: list[Tensor] = []
@@ -191,7 +203,7 @@ class _Builder:
         if len(src) % groups or matrix.shape[1] % in_per_group:
             raise UnsupportedModuleError(
                 f"module {describe_module(op.module_path, op.module_type)}: weight '{name}' of shape "
-                f"{tuple(weight.shape)} does not map {len(src)} input features to {rows} outputs{self._cause(op, src)}"
+                f"{tuple(weight.shape)} does not map {len(src)} input features to {rows} outputs"
             )
         width = matrix.shape[1] // in_per_group
         grouped_src = src.view(groups, in_per_group).repeat_interleave(rows // groups, dim=0).reshape(-1)
@@ -204,19 +216,72 @@ class _Builder:
                 EdgePlacement(name, tuple(weight.shape), weight.dtype, start, rows, in_per_group, width, transposed)
             )
 
-    def _cause(self, op: Op, src: Tensor) -> str:
-        """Why a layer's input is not the features the op before it made, when its input shape tells."""
-        if op.kind not in ("linear", "conv") or not op.in_shapes:
-            return ""
-        shape = op.in_shapes[0]
-        reads = shape[-1] if op.kind == "linear" else shape[len(shape) - self.state[op.params["weight"]].dim() + 1]
-        if reads == len(src):
-            return ""
-        return (
-            f": it reads {reads} features where the op before it made {len(src)}, so the activation was split "
-            "(a channel split, as in ShuffleNet) or had its axes swapped (mixing along tokens, as in MLP-Mixer) "
-            "on the way, which the neuron graph does not follow"
-        )
+    # -- what an op reads --------------------------------------------------------------------------
+    def emit(self, op: Op, layout: Tensor | None, nodes: Tensor | None = None) -> None:
+        """Record op's output: ``layout`` holds the node of each element (broadcastable to its shape)."""
+        if layout is not None:
+            layout = _compact(layout)
+            self.layouts[op.index] = layout
+        self.sets[op.index] = nodes if nodes is not None else _distinct(layout)[0]
+
+    def emit_along(self, op: Op, nodes: Tensor, axis: int) -> None:
+        """Output features ``nodes`` laid along ``axis`` of the op's output, the same at every other position."""
+        shape = op.out_shape
+        if not shape or shape[axis] != len(nodes):
+            self.sets[op.index] = nodes  # a scalar or an output laid out otherwise: read as a plain set
+            return
+        view = [1] * len(shape)
+        view[axis] = len(nodes)
+        self.emit(op, nodes.view(view), nodes)
+
+    def layout(self, op: Op, position: int) -> Tensor | None:
+        """The node of each element of what op reads at ``position``: its producer's layout with the
+        data-moving calls in between replayed on it; None when the producer is a model input."""
+        producer = self.ir.ops[op.sources[position]]
+        base = self.layouts.get(producer.index)
+        steps = op.views[position]
+        if base is None:
+            return None
+        if steps is None:
+            self._unsupported(op, "an input reached through a data movement that cannot be replayed")
+        tensor = base.expand(producer.out_shape) if steps else base
+        for step in steps:
+            tensor = step.apply(tensor)
+        return _compact(tensor) if steps else tensor
+
+    def features(self, op: Op, position: int, axis: int) -> Tensor:
+        """The node of each position along ``axis`` of what op reads at ``position``, which must be the same
+        at every position of the other axes (a layer reads features, not tokens)."""
+        layout = self.layout(op, position)
+        if layout is None:
+            return self.sets[op.sources[position]]
+        shape = op.in_shapes[position]
+        lines = layout.movedim(axis, -1)
+        lines = lines.expand(*lines.shape[:-1], shape[axis]).reshape(-1, shape[axis])
+        if not (lines == lines[:1]).all():
+            self._unsupported(
+                op,
+                f"mixing along tokens (as in MLP-Mixer): axis {axis % len(shape)} of its input {tuple(shape)} "
+                "does not hold features, which change along another axis (the activation had its axes swapped)",
+            )
+        if (lines[0] < 0).any():
+            self._unsupported(op, "an input padded along its features")
+        return lines[0]
+
+    def rows(self, op: Op, position: int, transposed: bool = False) -> Tensor:
+        """What an attention or matmul reads at ``position``, (..., tokens, features), as one row of
+        feature nodes per head (the leading axes but the last are batch: their first entry is read)."""
+        layout = self.layout(op, position)
+        if layout is None:
+            self._unsupported(op, "attention on a model input")
+        shape = op.in_shapes[position]
+        tensor = layout.expand(shape)
+        tensor = tensor.transpose(-1, -2) if transposed else tensor
+        tensor = tensor.reshape(1, *tensor.shape) if tensor.dim() == 2 else tensor
+        tensor = tensor[(0,) * (tensor.dim() - 3)]
+        if not (tensor == tensor[:, :1]).all():
+            self._unsupported(op, f"attention whose input {position} of {tuple(shape)} changes features along tokens")
+        return tensor[:, 0]
 
     # -- ops --------------------------------------------------------------------------------------
     def add(self, op: Op) -> None:
@@ -224,19 +289,21 @@ class _Builder:
         if handler is None and op.kind in _PASS_THROUGH:
             handler = self._pass_through
         if handler is None:
-            raise UnsupportedModuleError(
-                f"module {describe_module(op.module_path, op.module_type)}: op '{op.kind}' "
-                f"({op.function}) has no neuron-graph form yet; supported: "
-                f"{', '.join(sorted(_PASS_THROUGH | _HANDLED))}"
-            )
+            self._no_form(op)
         if op.attrs.get("sliced"):
             self._unsupported(op, f"reading part of parameter(s) {', '.join(op.attrs['sliced'])}")
         if op.kind in ("linear", "conv", "embedding") and set(op.params) - {"weight", "bias"}:
             self._unsupported(op, f"a '{op.kind}' reading parameters {', '.join(op.params.values())}")
         handler(op)
+        if op.sources and any(source in self.scores for source in op.sources) and op.kind != "matmul":
+            self.scores.add(op.index)  # masked, scaled, biased or normalized attention scores
 
-    def input_set(self, op: Op, position: int = 0) -> Tensor:
-        return self.sets[op.inputs[position]]
+    def _no_form(self, op: Op) -> None:
+        raise UnsupportedModuleError(
+            f"module {describe_module(op.module_path, op.module_type)}: op '{op.kind}' "
+            f"({op.function}) has no neuron-graph form yet; supported: "
+            f"{', '.join(sorted(_PASS_THROUGH | _HANDLED))}"
+        )
 
     def _input(self, op: Op) -> None:
         if op.attrs.get("argument") is not None and len(op.out_shape) and self._is_index_input(op):
@@ -251,7 +318,12 @@ class _Builder:
             count = self.state[first.params["weight"]].shape[1] * first.attrs.get("groups", 1)
         else:
             count = op.out_shape[-1]
-        self.sets[op.index] = self.new_nodes(count, "input")
+        nodes = self.new_nodes(count, "input")
+        channels = len(op.out_shape) > 2 and first.kind == "conv"
+        if op.out_shape and count == op.out_shape[1 if channels else -1]:
+            self.emit_along(op, nodes, 1 if channels else -1)
+        else:
+            self.sets[op.index] = nodes  # flattened or patched by its reader: read as a plain set
 
     def _is_patch_embedding(self, op: Op) -> bool:
         """A conv whose stride is its kernel and that pads nothing is a linear map on non-overlapping patches."""
@@ -271,44 +343,67 @@ class _Builder:
     def _linear(self, op: Op) -> None:
         rows, _ = self._weight_matrix_shape(op)
         out = self.new_nodes(rows, "neuron")
-        self.dense(op, op.params["weight"], self.input_set(op), out, op.attrs.get("weight_layout") == "in_out")
-        self._finish_neurons(op, out)
+        axis = op.attrs.get("feature_axis", -1)  # -2 for W @ x
+        src = _runs(op, self.features(op, 0, axis))
+        self.dense(op, op.params["weight"], src, out, op.attrs.get("weight_layout") == "in_out")
+        for position in range(1, len(op.sources)):
+            self._bias_pieces(op, op.sources[position], out)
+        self._finish_neurons(op, out, axis)
+
+    def _bias_pieces(self, op: Op, source: int, out: Tensor) -> None:
+        """A bias concatenated from parameters and constants (EVA's and BEiT's q/v biases around a zero
+        k bias): each parameter is the bias of its own range of neurons, the constants stay zero."""
+        pieces = self.pieces.get(source)
+        if pieces is None:
+            self._unsupported(op, "a linear layer whose bias is an activation")
+        start = 0
+        for name, length in pieces:
+            if name is not None:
+                self.set_values(name, out[start : start + length], _BIAS)
+            start += length
 
     def _conv(self, op: Op) -> None:
         if op.attrs.get("transposed"):
             self._unsupported(op, "transposed convolutions")
         weight = self.state[op.params["weight"]]
         out = self.new_nodes(weight.shape[0], "neuron")
-        self.dense(op, op.params["weight"], self.input_set(op), out, False, op.attrs.get("groups", 1))
-        self._finish_neurons(op, out)
+        self.dense(op, op.params["weight"], self.features(op, 0, 1), out, False, op.attrs.get("groups", 1))
+        self._finish_neurons(op, out, 1)
 
     def _embedding(self, op: Op) -> None:
         vocabulary, features = self.state[op.params["weight"]].shape
         tokens = self.new_nodes(vocabulary, "input" if op.inputs else "token")
         out = self.new_nodes(features, "neuron")
         self.dense(op, op.params["weight"], tokens, out, transposed=True)
-        self._finish_neurons(op, out)
+        self._finish_neurons(op, out, -1)
 
-    def _finish_neurons(self, op: Op, out: Tensor) -> None:
+    def _finish_neurons(self, op: Op, out: Tensor, axis: int) -> None:
         if "bias" in op.params:
             self.set_values(op.params["bias"], out, _BIAS)
-        self.sets[op.index] = out
+        self.emit_along(op, out, axis)
         self.producer[int(out[0])] = op
 
-    def _layer_norm(self, op: Op) -> None:
-        out = self.new_nodes(len(self.input_set(op)), "norm")
-        self.identity(self.input_set(op), out)
+    def _norm(self, op: Op, axis: int) -> None:
+        features = self.features(op, 0, axis)
+        out = self.new_nodes(len(features), "norm")
+        self.identity(features, out)
         for role, slot in (("weight", _WEIGHT), ("bias", _NORM_BIAS)):
             if role in op.params:
                 self.set_values(op.params[role], out, slot)
-        self.sets[op.index] = out
+        self.emit_along(op, out, axis)
 
-    _group_norm = _layer_norm
+    def _layer_norm(self, op: Op) -> None:
+        self._norm(op, -1)
+
     _rms_norm = _layer_norm
+
+    def _group_norm(self, op: Op) -> None:
+        self._norm(op, 1)
 
     def _batch_norm(self, op: Op) -> None:
         """Attached to the neurons of the conv/linear before it (the usual case), else to new nodes."""
-        features = self.input_set(op)
+        axis = 1 if len(op.in_shapes[0]) > 1 else 0
+        features = self.features(op, 0, axis)
         first = int(features[0])
         attach = first in self.producer and first not in self.with_norm
         out = features if attach else self.new_nodes(len(features), "norm")
@@ -322,27 +417,65 @@ class _Builder:
             name = f"{op.module_path}.{buffer}" if op.module_path else buffer
             if self.state.get(name) is not None:
                 self.set_values(name, out, slot)
-        self.sets[op.index] = out
+        self.emit_along(op, out, axis)
 
     def _pass_through(self, op: Op) -> None:
-        if len(op.inputs) != 1:
-            self._unsupported(op, f"'{op.kind}' of {len(op.inputs)} activations")
-        self.sets[op.index] = self.input_set(op)
+        """Activations, pooling, softmax: the output's features are the input's."""
+        if len(set(op.sources)) != 1:
+            self._unsupported(op, f"'{op.kind}' of {len(set(op.sources))} activations")
+        layout = self.layout(op, 0)
+        if layout is None:
+            self.sets[op.index] = self.sets[op.sources[0]]
+        elif _broadcasts(layout.shape, op.out_shape):
+            self.emit(op, layout)
+        else:  # a reduction or pooling that dropped or resized axes (NCHW, NHWC or tokens): features stay
+            varying = [axis for axis, size in enumerate(_compact(layout).shape) if size > 1]
+            features = self.features(op, 0, varying[0] if len(varying) == 1 else -1)
+            shape = op.out_shape
+            self.emit_along(op, features, -1 if shape and shape[-1] == len(features) else 1)
+
+    def _other(self, op: Op) -> None:
+        """Masking attention scores (``where``, ``masked_fill``) moves no feature; anything else has no form."""
+        if op.params or len(set(op.sources)) != 1 or op.sources[0] not in self.scores:
+            self._no_form(op)
+        self._pass_through(op)
 
     def _elementwise(self, op: Op, node_type: str, slot: int) -> None:
-        """x + y, x * y, x + parameter (positional table), x * parameter (layer scale)."""
-        if not op.params and len(op.inputs) == 1:
-            self.sets[op.index] = self.input_set(op)  # arithmetic with a constant
+        """x + y, x * y, x + parameter (positional table), x * parameter (layer scale): one node per distinct
+        combination of input features, found by pairing the inputs' layouts element by element."""
+        if not op.params and len(set(op.sources)) == 1:
+            self._pass_through(op)  # arithmetic with constants
             return
-        sets = [self.sets[i] for i in op.inputs]
-        if len({len(s) for s in sets}) > 1:
-            self._unsupported(op, f"'{op.kind}' of activations with {[len(s) for s in sets]} features")
-        out = self.new_nodes(len(sets[0]), node_type)
-        for features in sets:
+        layouts = [self.layout(op, i) for i in range(len(op.sources))]
+        if any(layout is None for layout in layouts):
+            layouts = [  # a model input: features along the channel (4-D) or last axis
+                self.features(op, i, 1 if len(shape) == 4 else -1).view(
+                    -1, *[1] * (len(shape) - 1 if len(shape) == 4 else 0)
+                )
+                for i, shape in enumerate(op.in_shapes)
+            ]
+        layouts = list(torch.broadcast_tensors(*layouts))
+        key = layouts[0]
+        for layout in layouts[1:]:
+            key = key * self.num_nodes + layout
+        _, inverse, first = _distinct(key, positions=True)
+        out = self.new_nodes(len(first), node_type)
+        for layout in layouts:
+            features = layout.reshape(-1)[first]
+            if (features < 0).any():
+                self._unsupported(op, f"'{op.kind}' of a padded activation")
             self.identity(features, out)
+        self.emit(op, out[inverse], out)
         for name in op.params.values():
-            self._parameter_operand(op, name, out, slot)
-        self.sets[op.index] = out
+            self._parameter_operand(op, name, self._along_one_axis(op, out), slot)
+
+    def _along_one_axis(self, op: Op, out: Tensor) -> Tensor:
+        """``out`` in the order of the one output axis it varies along, the axis a parameter operand spans."""
+        layout = self.layouts[op.index]
+        varying = [axis for axis, size in enumerate(layout.shape) if size > 1]
+        if len(varying) > 1:
+            self._unsupported(op, f"'{op.kind}' of a parameter with activations laid out along axes {varying}")
+        return layout.reshape(-1)
 
     def _add(self, op: Op) -> None:
         self._elementwise(op, "sum", _BIAS)
@@ -351,76 +484,153 @@ class _Builder:
         self._elementwise(op, "scale", _WEIGHT)
 
     def _parameter_operand(self, op: Op, name: str, out: Tensor, slot: int) -> None:
-        """A (..., D) parameter: one value per neuron when it is a vector, else one token node per
-        leading position with weight edges to the D neurons (ViT ``pos_embed``, register tokens)."""
-        if self.state[name].numel() == len(out):
+        """A parameter added to or multiplying ``out``: one value per neuron when it is a vector, else one
+        token node per other position with weight edges to the neurons (ViT ``pos_embed``, register tokens,
+        relative position bias tables (positions, heads), or (heads, positions) as LeViT's)."""
+        value = self.state[name]
+        if value.numel() == len(out):
             self.set_values(name, out, slot)
             return
-        positions = self.new_nodes(self.state[name].numel() // len(out), "token")
-        self.dense(op, name, positions, out, transposed=True)
+        positions = self.new_nodes(value.numel() // len(out), "token")
+        heads_first = value.dim() == 2 and value.shape[0] == len(out) != value.shape[1]
+        self.dense(op, name, positions, out, transposed=not heads_first)
 
     def _concat(self, op: Op) -> None:
-        rank = len(op.out_shape)
-        dim = op.attrs.get("dim", 0) % rank
-        feature_dim = 1 if rank == 4 else rank - 1
-        sets = [self.sets[i] for i in op.inputs]
-        if dim == feature_dim and not op.params:
-            self.sets[op.index] = torch.cat(sets)  # channels of both inputs side by side
+        if not op.sources:  # parameters and constants only: a bias for the layer it feeds (see _bias_pieces)
+            self.pieces[op.index] = op.attrs.get("pieces", [])
+            self.sets[op.index] = torch.zeros(0, dtype=torch.long)
             return
-        if dim == feature_dim or len(sets) != 1:
+        if not op.params:
+            self._join(op)
+            return
+        rank = len(op.out_shape)
+        feature_dim = 1 if rank == 4 else rank - 1
+        if op.attrs.get("dim", 0) % rank == feature_dim or len(set(op.sources)) != 1:
             self._unsupported(op, "concatenating parameters along features, or different activations along tokens")
-        out = self.new_nodes(len(sets[0]), "token")
-        self.identity(sets[0], out)
-        for name in op.params.values():
-            self._parameter_operand(op, name, out, _BIAS)
-        self.sets[op.index] = out
+        features = self.features(op, 0, feature_dim)
+        out = self.new_nodes(len(features), "token")
+        self.identity(features, out)
+        for i, name in enumerate(op.params.values()):  # a class token, then distillation or register tokens
+            carrier = out if i == 0 else self.new_nodes(len(out), "token")
+            if i:
+                self.identity(carrier, out)
+            self._parameter_operand(op, name, carrier, _BIAS)
+        self.emit_along(op, out, feature_dim)
+
+    def _join(self, op: Op) -> None:
+        """Activations concatenated or stacked: the output's layout is the inputs' joined the same way
+        (channels side by side, tokens one after another); no node is added."""
+        layouts = [self.layout(op, i) for i in range(len(op.sources))]
+        if any(layout is None for layout in layouts):
+            self.sets[op.index] = torch.cat([self.sets[i] for i in op.sources])
+            return
+        full = [layout.expand(shape) for layout, shape in zip(layouts, op.in_shapes, strict=True)]
+        join = torch.stack if op.function == "stack" else torch.cat
+        self.emit(op, join(full, op.attrs.get("dim", 0)))
 
     def _attention(self, op: Op) -> None:
         """Per query head: q and k features -> head node -> output features; v -> output one-to-one.
 
         With grouped-query or multi-query attention each k/v head serves a group of query heads
-        (``repeat_kv`` only views it): its features are wired to every head of the group.
+        (``repeat_kv`` only views it): its features are wired to every head of the group. An attention
+        mask computed from parameters (T5's relative position bias) feeds its heads; a parameter used as
+        the mask (BEiT's relative position bias table) is a token node per relative position.
         """
-        q_shape = op.in_shapes[0]
-        heads, head_dim = q_shape[1], q_shape[-1]
-        if len(op.inputs) == 1:  # one fused projection [q | k | v], k and v as wide as each other
-            fused = self.input_set(op)
-            kv = max(len(fused) - heads * head_dim, 0) // 2
-            q, k, v = fused.split([len(fused) - 2 * kv, kv, kv])
-        elif len(op.inputs) == 3:
-            q, k, v = (self.sets[i] for i in op.inputs)
-        else:
-            self._unsupported(op, "attention whose keys and values come from one projection")
-        kv_heads = len(k) // head_dim
-        if len(q) != heads * head_dim or len(k) != len(v) or not kv_heads or len(k) % head_dim or heads % kv_heads:
-            self._unsupported(
-                op, f"attention with q/k/v of {len(q)}/{len(k)}/{len(v)} features and {heads} heads of {head_dim}"
-            )
-        k, v = (t.view(kv_heads, 1, head_dim).expand(-1, heads // kv_heads, -1).reshape(-1) for t in (k, v))
-        head_nodes = self.new_nodes(heads, "head")
-        out = self.new_nodes(len(q), "attention")
-        of_head = head_nodes.repeat_interleave(head_dim)
-        self.identity(q, of_head, "head")
-        self.identity(k, of_head, "head")
-        self.identity(of_head, out, "head")
-        self.identity(q, k, "qk_pair")
+        roles = op.attrs.get("roles") or ["query", "key", "value"]
+        if not {"query", "key", "value"} <= set(roles):
+            self._unsupported(op, f"attention reading {', '.join(roles)}")
+        q, k, v = (self.rows(op, roles.index(role)) for role in ("query", "key", "value"))
+        heads, out = self._score_heads(op, q, k)
+        out = self._attend(op, heads, v)
+        if "attn_mask" in roles:
+            self._head_bias(op, roles.index("attn_mask"), heads)
+        if "attn_mask" in op.params:
+            self._parameter_operand(op, op.params["attn_mask"], heads, _BIAS)
+        self._emit_heads(op, out.view(len(heads), -1))
+
+    def _score_heads(self, op: Op, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Head nodes fed by q and k rows ``(heads, d)`` and ``(kv heads, d)``; q i and k i of a head are paired."""
+        if k.shape[1] != q.shape[1] or not len(k) or len(q) % len(k):
+            self._unsupported(op, f"attention with q/k of {tuple(q.shape)}/{tuple(k.shape)} (heads, features)")
+        k = k.repeat_interleave(len(q) // len(k), dim=0)
+        heads = self.new_nodes(len(q), "head")
+        of_head = heads.repeat_interleave(q.shape[1])
+        self.identity(q.reshape(-1), of_head, "head")
+        self.identity(k.reshape(-1), of_head, "head")
+        self.identity(q.reshape(-1), k.reshape(-1), "qk_pair")
+        return heads, of_head
+
+    def _attend(self, op: Op, heads: Tensor, v: Tensor) -> Tensor:
+        """Output features of each head: its head node and its value features, one to one."""
+        if not len(v) or len(heads) % len(v):
+            self._unsupported(op, f"attention of {len(heads)} heads on values of {tuple(v.shape)} (heads, features)")
+        v = v.repeat_interleave(len(heads) // len(v), dim=0).reshape(-1)
+        out = self.new_nodes(len(v), "attention")
+        self.identity(heads.repeat_interleave(len(v) // len(heads)), out, "head")
         self.identity(v, out)
-        self.sets[op.index] = out
+        return out
+
+    def _head_bias(self, op: Op, position: int, heads: Tensor) -> None:
+        """An additive mask computed by the network feeds the heads it is added to."""
+        bias = self.rows(op, position)
+        if (bias != bias[:, :1]).any() or len(heads) % len(bias):
+            self._unsupported(op, f"an attention mask of {op.in_shapes[position]} that is not one value per head")
+        self.identity(bias[:, 0].repeat_interleave(len(heads) // len(bias)), heads)
+
+    def _emit_heads(self, op: Op, nodes: Tensor) -> None:
+        """Lay ``(heads, features)`` nodes out as an attention output ``(..., heads, tokens, features)``."""
+        shape = op.out_shape
+        if len(shape) < 3 or shape[-3] != nodes.shape[0] or shape[-1] != nodes.shape[1]:
+            self._unsupported(op, f"an attention output of {tuple(shape)} for {tuple(nodes.shape)} head features")
+        view = [1] * len(shape)
+        view[-3], view[-1] = nodes.shape
+        self.emit(op, nodes.view(view), nodes.reshape(-1))
+
+    def _matmul(self, op: Op) -> None:
+        """Attention written as matmuls (GPT-Neo, Bloom's ``baddbmm``, Swin, LeViT): ``q @ k^T`` gives head
+        nodes, then masks, biases and softmax act on them, and ``scores @ v`` gives the output features."""
+        if len(op.sources) != 2:
+            self._unsupported(op, f"a matmul of {len(op.sources)} activations")
+        if op.sources[0] in self.scores:
+            layout = self.rows(op, 0)
+            if (layout != layout[:, :1]).any():
+                self._unsupported(op, "attention scores that are not one head per row")
+            out = self._attend(op, layout[:, 0], self.rows(op, 1))
+            self._emit_heads(op, out.view(len(layout), -1))
+            return
+        heads, _ = self._score_heads(op, self.rows(op, 0), self.rows(op, 1, transposed=True))
+        shape = op.out_shape
+        view = [1] * len(shape)
+        view[-3] = len(heads)
+        self.emit(op, heads.view(view), heads)
+        self.scores.add(op.index)
 
     def _rotary(self, op: Op) -> None:
-        """Rotary position embeddings read no parameter but rotate features i and i + d/2 of every head
-        together, at a frequency of their own: a qk_pair edge binds each pair and carries its frequency
-        exponent i / (d/2) (RoPE's angle is position * base^(-i / (d/2))), so that permuting features
-        within a head, which changes the function, does not merely permute the graph's nodes."""
-        features, head_dim = self.input_set(op), op.in_shapes[0][-1]
-        if math.prod(op.in_shapes[0]) != math.prod(self.ir.ops[op.inputs[0]].out_shape):
-            self._unsupported(op, "rotary embeddings on part of a projection's features (fused q/k/v, partial rotary)")
-        if head_dim % 2 or len(features) % head_dim:
-            self._unsupported(op, f"rotary embeddings of {len(features)} features in heads of {head_dim}")
-        pairs = features.view(-1, 2, head_dim // 2).to(self.device)
-        exponent = torch.arange(head_dim // 2, device=self.device).repeat(len(pairs)) / (head_dim // 2)
-        self.add_edges(pairs[:, 0].reshape(-1), pairs[:, 1].reshape(-1), exponent.unsqueeze(1), "qk_pair")
-        self.sets[op.index] = features
+        """Rotary position embeddings read no parameter but rotate pairs of features of every head together,
+        at a frequency of their own: a qk_pair edge binds each pair (features i and i + r/2 of the r rotated
+        ones, or 2i and 2i + 1 when interleaved) and carries its frequency exponent i / (r/2) (RoPE's angle
+        is position * base^(-i / (r/2))), so that permuting features within a head, which changes the
+        function, does not merely permute the graph's nodes. Partial rotary (GPT-NeoX, Phi, GPT-J) rotates
+        the first r features of a head: the layout of what it reads says which nodes those are."""
+        layout = self.layout(op, 0)
+        if layout is None:
+            self._unsupported(op, "rotary embeddings of a model input")
+        shape = op.in_shapes[0]
+        width = shape[-1]
+        rows = torch.unique(layout.expand(shape).reshape(-1, width), dim=0)  # one per head (tokens repeat it)
+        if width % 2:
+            self._unsupported(op, f"rotary embeddings of {width} features")
+        half = width // 2
+        first, second = (
+            (rows[:, :half], rows[:, half:])
+            if op.attrs.get("pairs") != "interleaved"
+            else (rows[:, 0::2], rows[:, 1::2])
+        )
+        exponent = torch.arange(half, device=self.device).repeat(len(rows)) / half
+        self.add_edges(
+            first.reshape(-1).to(self.device), second.reshape(-1).to(self.device), exponent.unsqueeze(1), "qk_pair"
+        )
+        self.emit(op, layout)
 
     def _unsupported(self, op: Op, what: str) -> None:
         raise UnsupportedModuleError(
@@ -463,5 +673,56 @@ class _Builder:
 
 _HANDLED = frozenset(
     {"input", "linear", "conv", "embedding", "layer_norm", "group_norm", "rms_norm", "batch_norm", "add", "mul",
-     "concat", "attention"}
+     "concat", "attention", "matmul"}
 )  # fmt: skip
+
+
+def _compact(layout: Tensor) -> Tensor:
+    """``layout`` with every axis along which it is constant reduced to size 1 (it still broadcasts)."""
+    for axis in range(layout.dim()):
+        if layout.shape[axis] > 1 and (layout.stride(axis) == 0 or _constant_along(layout, axis)):
+            layout = layout.narrow(axis, 0, 1)
+    return layout
+
+
+def _constant_along(layout: Tensor, axis: int) -> bool:
+    values = layout.movedim(axis, 0).reshape(layout.shape[axis], -1).cpu().numpy()  # numpy: see _distinct
+    return bool((values == values[:1]).all())
+
+
+def _distinct(values: Tensor, positions: bool = False):
+    """The distinct values of ``values`` in order of first appearance; with ``positions``, also each element's
+    index among them (shaped as ``values``) and the flat position where each first appears.
+
+    On numpy: these are small bookkeeping arrays, and torch's parallel sorts are slow on a busy machine."""
+    flat = values.reshape(-1).cpu().numpy()
+    unique, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    if not positions:
+        return torch.from_numpy(unique[order]), None, None
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return (
+        torch.from_numpy(unique[order]),
+        torch.from_numpy(rank[inverse.reshape(-1)]).view(values.shape),
+        torch.from_numpy(first[order]),
+    )
+
+
+def _broadcasts(shape: torch.Size, target: tuple[int, ...]) -> bool:
+    return len(shape) == len(target) and all(s in (1, t) for s, t in zip(shape, target, strict=True))
+
+
+def _runs(op: Op, nodes: Tensor) -> Tensor:
+    """The distinct nodes of ``nodes`` when each fills a run of equal length (a flattened conv output read
+    by a linear layer: its positions become the edge's feature vector), else ``nodes`` itself."""
+    if len(nodes) < 2 or nodes[0] != nodes[1]:
+        return nodes
+    width = int((nodes != nodes[0]).nonzero()[0]) if (nodes != nodes[0]).any() else len(nodes)
+    distinct = nodes[::width]
+    if len(nodes) % width or not torch.equal(distinct.repeat_interleave(width), nodes):
+        raise UnsupportedModuleError(
+            f"module {describe_module(op.module_path, op.module_type)}: the neuron graph does not support "
+            "reading features flattened with other axes in an order other than feature-major"
+        )
+    return distinct

@@ -7,6 +7,11 @@ by tensor identity: a tensor is *tracked* when it is a parameter, a model input,
 a recorded op. Calls on untracked tensors (mask construction, position ids) are not recorded,
 which is what plain ``torch.fx`` and autograd walks get wrong or right by accident.
 
+Calls that only move data (view, permute, split, indexing, ...) are not ops; each op records, for every
+activation it reads, the op that made it and those calls in between (``Op.views``), which the neuron
+graph replays to follow fused and shuffled layouts. Attention may read one parameter, as its mask
+(BEiT's relative position bias table).
+
 Two patterns become one op whatever their spelling: a leaf module that normalizes by the root mean
 square (``rms_norm``) and a rotary position embedding (``rotary_embedding``). Whatever the forward
 writes to the model (caches, buffers, attributes) is undone, so that later real forwards are unchanged.
@@ -25,12 +30,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
 
 from .errors import GraphConversionError, InvalidInputError, UnsupportedModuleError, describe_module
 from .inputs import Inputs, normalize_inputs
-from .ir import ModelIR, Op, ParamInfo
+from .ir import ModelIR, Op, ParamInfo, ViewStep
 from .vocab import (
     ACTIVATION_MODULE_KEYWORDS,
     ARGUMENT_ROLES,
@@ -61,6 +66,15 @@ _SUBTRACTIONS = frozenset({"sub", "sub_", "__sub__", "__rsub__", "__isub__", "va
 _CONTAINERS = (dict, OrderedDict, defaultdict, list, set)
 # The function name of a rotary position embedding collapsed into one op (see ``_Recorder._rotary_source``).
 ROTARY = "rotary_embedding"
+# Data-moving calls that leave every element where it was (dtype, device, copies, dropout): no view step.
+_SAME_LAYOUT = frozenset(
+    {
+        "to", "float", "half", "bfloat16", "double", "type", "type_as", "detach", "clone", "contiguous", "dropout",
+        "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "data", "requires_grad_",
+    }
+)  # fmt: skip
+# ``x.view_as(y)`` and friends replay as the call with ``y``'s shape.
+_AS_SHAPE = {"view_as": torch.Tensor.view, "reshape_as": torch.Tensor.reshape, "expand_as": torch.Tensor.expand}
 
 # A tag says where a tracked tensor comes from.
 _OP, _PARAM, _INDEX = "op", "param", "index"
@@ -126,6 +140,7 @@ class _Recorder(TorchFunctionMode):
         self.ops: list[Op] = []
         self.tags: dict[int, tuple[str, Any]] = {}
         self.flipped: set[int] = set()  # ids of tensors that are transposed views of a matrix parameter
+        self.chains: dict[int, tuple[ViewStep, ...] | None] = {}  # view steps from the op output a tensor is a view of
         self.alive: list[torch.Tensor] = []  # keeps tagged tensors alive so that ids stay unique
 
     # -- module stack ---------------------------------------------------------------------------
@@ -194,6 +209,7 @@ class _Recorder(TorchFunctionMode):
     def _tag_all(self, value: Any, tag: tuple[str, Any]) -> None:
         for tensor in _tensors(value):
             self.tags[id(tensor)] = tag
+            self.chains.pop(id(tensor), None)  # an in-place op's result is its input, now a new op's output
             self.alive.append(tensor)
 
     # -- the function hook ----------------------------------------------------------------------
@@ -212,13 +228,13 @@ class _Recorder(TorchFunctionMode):
                 return _without_dispatch(func)(*args, **kwargs)
         result = func(*args, **kwargs)
         if name in PASS_THROUGH:
-            self._pass_through(name, sources[0], result, args, kwargs)
+            self._pass_through(func, name, sources[0], result, args, kwargs)
             return result
         kind = self._kind(name, sources)
         if kind != "embedding" and all(tag[0] == _INDEX for _, _, tag in sources):
             return result  # arithmetic on token ids or positions: not part of the network
         params = _unique_roles((role, tag[1]) for role, _, tag in sources if tag[0] == _PARAM)
-        if params and kind not in PARAMETRIC_KINDS:
+        if params and kind not in PARAMETRIC_KINDS and not (kind == "attention" and set(params) == {"attn_mask"}):
             module = self._innermost()
             raise UnsupportedModuleError(
                 f"module {self.current_module()} uses parameter(s) {', '.join(params.values())} through "
@@ -226,47 +242,83 @@ class _Recorder(TorchFunctionMode):
                 f"read by: {', '.join(sorted(PARAMETRIC_KINDS))}. To convert this module anyway, record it "
                 f"as one op: hypernets.graph.register_module({type(module).__name__}, kind='linear')"
             )
-        rotated = self._rotary_source(sources) if kind == "add" else None
-        if rotated is not None:  # x * cos + rotate_half(x) * sin: one op on x (cos and sin are not tracked)
-            kind, name, sources = "other", ROTARY, [("input", result, (_OP, rotated))]
-        op = self._add_op(kind, name, sources, params, result, None)
-        _annotate(op, name, args, kwargs)
+        rotary = self._rotary_source(sources) if kind == "add" else None
+        if rotary is not None:  # x * cos + rotate(x) * sin: one op on x (cos and sin are not tracked)
+            op = self._rotary_op(*rotary, result)
+        else:
+            op = self._add_op(kind, name, sources, params, result, None)
+            _annotate(op, name, args, kwargs)
         if kind == "linear":
             op.attrs["weight_layout"] = self._weight_layout(name, sources, args)
+            if name in _MATMULS and (args[0] is _weight(sources)) != (name == "__rmatmul__"):
+                op.attrs["feature_axis"] = -2  # W @ x: features run along x's rows, and the output's
+        elif kind == "attention":
+            op.attrs["roles"] = [role for role, _, tag in sources if tag[0] != _PARAM]
+        elif kind == "concat" and params:
+            op.attrs["pieces"] = self._pieces(args[0] if args else kwargs["tensors"], op.attrs["dim"])
         self._tag_all(result, (_OP, op.index))
         return result
 
-    def _rotary_source(self, sources: list[tuple[str, torch.Tensor, tuple[str, Any]]]) -> int | None:
-        """The op of ``x`` when ``sources`` are the two terms of a rotary position embedding,
-        ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)`` on the last axis
-        (HF Llama, Mistral, Qwen2, Gemma, GPT-NeoX, Falcon), else None."""
+    def _rotary_source(self, sources: list[tuple[str, torch.Tensor, tuple[str, Any]]]) -> tuple[int, str] | None:
+        """When ``sources`` are the two terms of a rotary position embedding ``x * cos + rotate(x) * sin``,
+        the op computing ``x * cos`` and how ``rotate`` pairs features, else None: "halves" for
+        ``cat(-x2, x1)`` of the two halves (HF Llama, Mistral, Qwen2, Gemma, GPT-NeoX, Phi, Falcon),
+        "interleaved" for ``stack(-x_odd, x_even)`` flattened (GPT-J, timm EVA)."""
         if len(sources) != 2 or any(tag[0] != _OP for _, _, tag in sources):
             return None
-        first, second = (self._times_constant(tag[1]) for _, _, tag in sources)
-        for x, rotated in ((first, second), (second, first)):
+        first, second = (tag[1] for _, _, tag in sources)
+        for times_cos, times_sin in ((first, second), (second, first)):
+            x, rotated = self._times_constant(times_cos), self._times_constant(times_sin)
             if x is None or rotated is None:
                 continue
             cat = self.ops[rotated]
             halves = [self.ops[i] for i in cat.inputs]
             if (
-                cat.function == "cat"
+                cat.function in ("cat", "stack")
                 and cat.attrs.get("dim") in (-1, len(cat.out_shape) - 1)
                 and [op.function in ("neg", "__neg__") for op in halves] == [True, False]
                 and halves[0].inputs == [x]
                 and cat.inputs[1] == x
             ):
-                return x
+                return times_cos, "halves" if cat.function == "cat" else "interleaved"
         return None
+
+    def _rotary_op(self, times_cos: int, pairs: str, result: torch.Tensor) -> Op:
+        """One op reading ``x`` as ``x * cos`` reads it."""
+        read = self.ops[times_cos]
+        op = self._add_op("other", ROTARY, [], {}, result, None)
+        op.inputs, op.in_shapes, op.sources, op.views = (
+            list(read.inputs),
+            list(read.in_shapes),
+            [*read.sources],
+            [*read.views],
+        )
+        op.attrs["pairs"] = pairs
+        return op
 
     def _times_constant(self, index: int) -> int | None:
         """The op of ``x`` when op ``index`` multiplies ``x`` by an untracked tensor or number, else None."""
         op = self.ops[index]
         return op.inputs[0] if op.kind == "mul" and not op.params and len(op.in_shapes) == 1 else None
 
-    def _pass_through(self, name: str, source, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """The result carries its source's identity; a view of a matrix parameter also whether it is transposed."""
+    def _pieces(self, tensors: Any, dim: int) -> list[tuple[str | None, int]]:
+        """Each concatenated tensor as (parameter name or None, its length along ``dim``)."""
+        pieces = []
+        for tensor in _tensors(tensors):
+            tag = self._tag(tensor)
+            pieces.append((tag[1] if tag and tag[0] == _PARAM else None, tensor.shape[dim] if tensor.dim() else 1))
+        return pieces
+
+    def _pass_through(self, func, name: str, source, result: Any, args: tuple[Any, ...], kwargs) -> None:
+        """The result carries its source's identity, and the view steps from the op output it is a view of;
+        a view of a matrix parameter also whether it is transposed."""
         _, tensor, tag = source
+        chain = self.chains.get(id(tensor), ())
         self._tag_all(result, tag)
+        if tag[0] == _OP:
+            for item, view in enumerate(_tensors(result)):
+                step = None if chain is None else _view_step(func, name, tensor, args, kwargs, result, item)
+                self.chains[id(view)] = chain if step == () else None if step is None else (*chain, step)
         if tag[0] != _PARAM:
             return
         flipped = (id(tensor) in self.flipped) != (name in _TRANSPOSES and _swaps_axes(name, tensor, args, kwargs))
@@ -282,7 +334,7 @@ class _Recorder(TorchFunctionMode):
         ``F.linear(x, W)`` and ``W @ x`` contract the second axis of their argument, ``x @ W`` and
         ``addmm`` the first; a transposed view of the parameter (``x @ W.T``) swaps the answer.
         """
-        weight = next((t for role, t, _ in sources if role == "weight"), None)  # None: an untracked weight
+        weight = _weight(sources)
         weight_first = (args[0] is weight) != (name == "__rmatmul__")
         contracts_second = weight_first if name in _MATMULS else name == "linear"
         return "out_in" if contracts_second != (id(weight) in self.flipped) else "in_out"
@@ -306,6 +358,8 @@ class _Recorder(TorchFunctionMode):
                 if tag[1] not in op.inputs:
                     op.inputs.append(tag[1])
                 op.in_shapes.append(tuple(tensor.shape))
+                op.sources.append(tag[1])
+                op.views.append(self.chains.get(id(tensor), ()))
         op.params = params
         sliced = [
             tag[1] for _, tensor, tag in sources if tag[0] == _PARAM and tensor.numel() < self.param_sizes[tag[1]]
@@ -341,11 +395,17 @@ class _Recorder(TorchFunctionMode):
             op = self.ops[old]
             op.index = renumber[old]
             op.inputs = [renumber[i] for i in op.inputs]
+            op.sources = [renumber[i] for i in op.sources]
             ops.append(op)
         parameters = {name: ParamInfo(name, tuple(p.shape), p.dtype) for name, p in self.model.named_parameters()}
         read = {name for op in ops for name in op.params.values()}
         unused = [name for name in parameters if name not in read]
         return ModelIR(type(self.model).__name__, ops, parameters, sorted({renumber[o] for o in outputs}), unused)
+
+
+def _weight(sources) -> torch.Tensor | None:
+    """The tensor read as a weight (None: an untracked weight)."""
+    return next((t for role, t, _ in sources if role == "weight"), None)
 
 
 def _ancestors(ops: list[Op], outputs: list[int]) -> set[int]:
@@ -368,6 +428,26 @@ def _annotate(op: Op, name: str, args, kwargs) -> None:
             op.attrs[key] = _per_axis(kwargs.get(key, args[position] if len(args) > position else default), rank)
     elif op.kind == "concat":
         op.attrs["dim"] = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+
+
+def _view_step(func, name: str, tensor: torch.Tensor, args, kwargs, result: Any, item: int) -> ViewStep | tuple | None:
+    """How to replay data-moving call ``name`` on ``tensor`` to get element ``item`` of its result:
+    ``()`` when it moves nothing, None when it cannot be replayed (it reads another activation, or
+    values only the traced run had)."""
+    if name in _SAME_LAYOUT:
+        return ()
+    if not args or args[0] is not tensor:
+        return None
+    rest = args[1:]
+    if name in _AS_SHAPE:
+        return ViewStep(_AS_SHAPE[name], (tuple(rest[0].shape),))
+    if any(isinstance(t, FakeTensor) or t.is_meta for t in _tensors((list(rest), kwargs))):
+        return None
+    if name == "pad":  # padded positions hold no feature: -1, never a node id
+        rest, kwargs = rest[:1], {"mode": kwargs.get("mode", rest[1] if len(rest) > 1 else "constant"), "value": -1}
+        if kwargs["mode"] != "constant":
+            return None
+    return ViewStep(func, tuple(rest), dict(kwargs), item if isinstance(result, list | tuple) else None)
 
 
 def _per_axis(value: Any, rank: int) -> tuple[int, ...] | str:

@@ -93,6 +93,7 @@ ARGUMENT_ROLES: dict[str, tuple[str, ...]] = {
     "instance_norm": ("input", "running_mean", "running_var", "weight", "bias"),
     "batch_norm": ("input", "running_mean", "running_var", "weight", "bias"),
     "rms_norm": ("input", "normalized_shape", "weight"),
+    "attention": ("query", "key", "value", "attn_mask"),
 }
 
 # Pointwise activation modules (HF ACT2FN classes, timm and torch.nn layers) are recorded as one op,
