@@ -17,15 +17,20 @@ import torchvision
 from test_neuron_graph import _assert_permuted, _nodes_of, _sigma
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
+from torchvision.models.shufflenetv2 import ShuffleNetV2
 from transformers import (
     BertConfig,
     BertModel,
+    BloomConfig,
+    BloomForCausalLM,
     GemmaConfig,
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     GPTBigCodeConfig,
     GPTBigCodeForCausalLM,
+    GPTJConfig,
+    GPTJForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
     LlamaConfig,
@@ -34,6 +39,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    T5Config,
+    T5EncoderModel,
 )
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
@@ -448,16 +455,6 @@ def test_permuting_rotary_pairs_is_no_symmetry_and_no_node_permutation() -> None
         _assert_permuted(graph, to_neuron_graph(permuted), _sigma(graph, moves))
 
 
-def test_rotary_on_part_of_a_fused_projection_is_refused_with_its_cause() -> None:
-    """GPT-NeoX rotates a quarter of each head of its fused per-head q/k/v: not yet followed, and said so."""
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=16,
-    )  # fmt: skip
-    with pytest.raises(UnsupportedModuleError, match=r"'gpt_neox.layers.0.attention' .*rotary .*part of a projection"):
-        to_neuron_graph(GPTNeoXForCausalLM(config))
-
-
 def test_multi_query_attention_counts_q_k_v_of_a_fused_projection() -> None:
     """GPTBigCode MQA: c_attn is 64 + 16 + 16 wide (4 query heads, one k/v head of 16)."""
     torch.manual_seed(0)
@@ -509,24 +506,387 @@ def test_every_op_of_llama_names_a_module_of_the_model() -> None:
     assert {(op.module_path, op.module_type) for op in rotary} == {("model.layers.0.self_attn", "LlamaAttention")}
 
 
-@pytest.mark.parametrize(
-    ("build", "inputs", "message"),
-    [
-        (
-            lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=3),
-            (1, 3, 32, 32),
-            r"'stage2.1.branch2.0' \(Conv2d\).*it reads 24 features where the op before it made 48.*split",
-        ),
-        (
-            lambda: timm.models.mlp_mixer.MlpMixer(
-                num_classes=3, img_size=16, patch_size=8, num_blocks=1, embed_dim=16
-            ),
-            (1, 3, 16, 16),
-            r"'blocks.0.mlp_tokens.fc1' \(Linear\).*it reads 4 features where the op before it made 16.*axes swapped",
-        ),
-    ],
-    ids=["shufflenet-channel-split", "mixer-token-mixing"],
-)
-def test_a_layer_reading_other_features_than_were_made_says_why(build, inputs, message) -> None:
+# -- the matched graph of a permuted network ----------------------------------------------------------------
+
+
+def _randomized(model: nn.Module) -> nn.Module:
+    """Every parameter and batch-norm statistic drawn at random, so that no two neurons look alike."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5 if "running_var" in name else torch.randn_like(tensor) / 4)
+    return model.eval()
+
+
+def _match(graph: Any, other: Any, rounds: int = 12) -> Tensor:
+    """``sigma`` with node n of ``other`` being node ``sigma[n]`` of ``graph``, found by colour refinement
+    on exact node and edge values (random weights leave no two nodes alike); ``_assert_permuted`` checks it."""
+    names: dict[Any, int] = {}
+
+    def colour(key: Any) -> int:
+        return names.setdefault(key, len(names))
+
+    states = []
+    for g in (graph, other):
+        rows = [tuple(row) for row in g.x.tolist()]
+        nodes = [colour((t, row)) for t, row in zip(g.node_type.tolist(), rows, strict=True)]
+        edges = [colour(("edge", t, tuple(a))) for t, a in zip(g.edge_type.tolist(), g.edge_attr.tolist(), strict=True)]
+        states.append((nodes, *g.edge_index.tolist(), edges))
+    for _ in range(rounds):
+        refined = []
+        for nodes, src, dst, edges in states:
+            seen: list[list[tuple[str, int, int]]] = [[] for _ in nodes]
+            for a, b, e in zip(src, dst, edges, strict=True):
+                seen[b].append(("in", e, nodes[a]))
+                seen[a].append(("out", e, nodes[b]))
+            refined.append(([colour((nodes[n], tuple(sorted(seen[n])))) for n in range(len(nodes))], src, dst, edges))
+        states = refined
+    where: dict[int, list[int]] = {}
+    for n, c in enumerate(states[0][0]):
+        where.setdefault(c, []).append(n)
+    return torch.tensor([where[c].pop(0) for c in states[1][0]])
+
+
+def _assert_symmetry(model: nn.Module, permute: Callable[[nn.Module], None], inputs: Any) -> None:
+    """``permute`` (acting in place on a copy) leaves the function unchanged and only relabels the graph's nodes."""
+    permuted = copy.deepcopy(model)
+    with torch.no_grad():
+        permute(permuted)
+    torch.testing.assert_close(_forward(model, inputs), _forward(permuted, inputs))
+    graph, graph2 = to_neuron_graph(model, inputs), to_neuron_graph(permuted, inputs)
+    _assert_permuted(graph, graph2, _match(graph, graph2))
+
+
+def _take(tensor: Tensor, index: Tensor, dim: int = 0) -> None:
+    tensor.copy_(tensor.index_select(dim, index))
+
+
+def _blocks(order: Tensor, size: int) -> Tensor:
+    """Row indices moving blocks of ``size`` rows to ``order``."""
+    return (order[:, None] * size + torch.arange(size)).flatten()
+
+
+# -- attention written as matmuls, relative position biases -----------------------------------------------
+
+
+class EagerAttention(nn.Module):
+    """Attention by hand (matmul, softmax, matmul) or by SDPA, on the same fused projection."""
+
+    def __init__(self, eager: bool, heads: int = 2, dim: int = 8) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.heads, self.eager = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), heads, eager
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.eager:
+            out = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+def test_attention_written_as_matmuls_has_the_graph_of_sdpa() -> None:
+    torch.manual_seed(0)
+    eager, sdpa = EagerAttention(eager=True), EagerAttention(eager=False)
+    sdpa.load_state_dict(eager.state_dict())
+    x = torch.randn(1, 5, 8)
+    torch.testing.assert_close(eager(x), sdpa(x))
+    graph, expected = to_neuron_graph(eager, x), to_neuron_graph(sdpa, x)
+    for key in ("x", "node_type", "edge_index", "edge_attr", "edge_type"):
+        assert torch.equal(graph[key], expected[key]), key
+
+
+def test_multihead_attention_returning_its_weights_has_the_graph_of_sdpa() -> None:
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(1, 3, 8)
+
+    class Weights(nn.Module):
+        def __init__(self, need_weights: bool) -> None:
+            super().__init__()
+            self.attn, self.need_weights = attn, need_weights
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.attn(x, x, x, need_weights=self.need_weights)[0]
+
+    graph, expected = to_neuron_graph(Weights(True), x), to_neuron_graph(Weights(False), x)
+    assert torch.equal(graph.edge_index, expected.edge_index) and torch.equal(graph.edge_attr, expected.edge_attr)
+
+
+def _swin() -> nn.Module:
+    return _randomized(
+        timm.create_model(
+            "swin_tiny_patch4_window7_224", pretrained=False, img_size=16, embed_dim=8, depths=(1,),
+            num_heads=(2,), window_size=2, num_classes=3,
+        )
+    )  # fmt: skip
+
+
+def test_permuting_swin_window_attention_heads_with_their_bias_table_permutes_nodes_only() -> None:
+    """Swin's heads, each with its column of the relative position bias table (a parameter of the graph)."""
+    order, dim, head_dim = torch.tensor([1, 0]), 8, 4
+
+    def permute(model: nn.Module) -> None:
+        attn = model.layers[0].blocks[0].attn
+        rows = torch.cat([part * dim + _blocks(order, head_dim) for part in range(3)])
+        _take(attn.qkv.weight, rows)
+        _take(attn.qkv.bias, rows)
+        _take(attn.proj.weight, _blocks(order, head_dim), dim=1)
+        _take(attn.relative_position_bias_table, order, dim=1)
+
+    model = _swin()
+    graph = _assert_round_trip(model, torch.randn(1, 3, 16, 16))
+    assert (graph.node_type == NODE_TYPES.index("head")).sum() == 2
+    _assert_symmetry(model, permute, torch.randn(1, 3, 16, 16))
+
+
+def test_permuting_levit_heads_with_their_attention_biases_permutes_nodes_only() -> None:
+    """LeViT: per-head [q | k | v] blocks of 4 + 4 + 8 features behind one linear and batch norm, and an
+    attention bias table of (heads, offsets)."""
+    model = _randomized(
+        timm.models.levit.Levit(img_size=64, num_classes=3, embed_dim=(16,), key_dim=4, depth=(1,), num_heads=(2,))
+    )
+    order, block = torch.tensor([1, 0]), 4 + 4 + 8
+
+    def permute(model: nn.Module) -> None:
+        attn = model.stages[0].blocks[0].attn
+        rows = _blocks(order, block)
+        _take(attn.qkv.linear.weight, rows)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            _take(getattr(attn.qkv.bn, key), rows)
+        _take(attn.attention_biases, order)
+        _take(attn.proj.ln.linear.weight, _blocks(order, 8), dim=1)
+
+    _assert_parameters_round_trip(model, (1, 3, 64, 64))
+    _assert_symmetry(model, permute, torch.randn(1, 3, 64, 64))
+
+
+def _bloom() -> nn.Module:
+    config = BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=1, n_head=2)
+    return _randomized(BloomForCausalLM(config))
+
+
+def test_permuting_features_within_bloom_heads_permutes_nodes_only() -> None:
+    """Bloom's fused projection interleaves heads, [q_h | k_h | v_h] for each head h, and scores are a
+    ``baddbmm`` plus ALiBi: permuting q/k features (together) and value features within a head is a
+    symmetry. (Head order is not, through ALiBi's per-head slopes, which are constants, not parameters.)"""
+    qk, v = torch.tensor([3, 0, 7, 1, 2, 6, 5, 4]), torch.tensor([5, 1, 0, 7, 6, 2, 3, 4])
+
+    def permute(model: nn.Module) -> None:
+        attn = model.transformer.h[0].self_attention
+        rows = torch.cat([torch.cat([h * 24 + qk, h * 24 + 8 + qk, h * 24 + 16 + v]) for h in range(2)])
+        _take(attn.query_key_value.weight, rows)
+        _take(attn.query_key_value.bias, rows)
+        _take(attn.dense.weight, torch.cat([v, v + 8]), dim=1)
+
+    model = _bloom()
+    _assert_round_trip(model, {"input_ids": _ids()})
+    _assert_symmetry(model, permute, {"input_ids": _ids()})
+
+
+def _t5() -> nn.Module:
+    config = T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    return _randomized(T5EncoderModel(config))
+
+
+def test_permuting_t5_heads_with_their_relative_attention_bias_permutes_nodes_only() -> None:
+    """T5's relative position bias is an embedding of (buckets, heads) added to the scores as SDPA's mask."""
+    order = torch.tensor([1, 0])
+
+    def permute(model: nn.Module) -> None:
+        attn = model.encoder.block[0].layer[0].SelfAttention
+        for name in ("q", "k", "v"):
+            _take(getattr(attn, name).weight, _blocks(order, 4))
+        _take(attn.o.weight, _blocks(order, 4), dim=1)
+        _take(attn.relative_attention_bias.weight, order, dim=1)
+
+    model = _t5()
+    _assert_round_trip(model, {"input_ids": _ids()})
+    _assert_symmetry(model, permute, {"input_ids": _ids()})
+
+
+def _beit() -> nn.Module:
+    return _randomized(
+        timm.create_model(
+            "beit_base_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2,
+            num_classes=3,
+        )
+    )  # fmt: skip
+
+
+def test_beit_relative_position_bias_reaches_both_graphs() -> None:
+    """BEiT hands its bias table to SDPA as the mask: the op graph's attention node owns it, and the neuron
+    graph gives it token nodes; its q and v biases are concatenated around a zero k bias."""
+    model = _beit()
+    ir = trace(model, (1, 3, 16, 16))
+    attention = next(op for op in ir.ops if op.kind == "attention")
+    assert attention.params == {"attn_mask": "blocks.0.attn.relative_position_bias_table"}
+    graph = _assert_parameters_round_trip(model, (1, 3, 16, 16))
+    qkv = _nodes_of(graph, "blocks.0.attn.q_bias").tolist() + _nodes_of(graph, "blocks.0.attn.v_bias").tolist()
+    assert len(set(qkv)) == 16  # q and v biases on different neurons
+
+
+def test_permuting_beit_heads_with_their_bias_table_permutes_nodes_only() -> None:
+    order = torch.tensor([1, 0])
+
+    def permute(model: nn.Module) -> None:
+        attn = model.blocks[0].attn
+        _take(attn.qkv.weight, torch.cat([part * 8 + _blocks(order, 4) for part in range(3)]))
+        _take(attn.q_bias, _blocks(order, 4))
+        _take(attn.v_bias, _blocks(order, 4))
+        _take(attn.proj.weight, _blocks(order, 4), dim=1)
+        _take(attn.relative_position_bias_table, order, dim=1)
+
+    _assert_symmetry(_beit(), permute, torch.randn(1, 3, 16, 16))
+
+
+def _assert_parameters_round_trip(model: nn.Module, inputs: Any = None) -> Any:
+    """Every parameter comes back exactly (a model with non-persistent buffers, such as EVA's zero k bias)."""
+    graph = to_neuron_graph(model, inputs)
+    tensors = from_neuron_graph(graph)
+    for name, value in model.named_parameters():
+        assert torch.equal(tensors[name], value), name
+    return graph
+
+
+def test_eva_q_and_v_biases_around_a_zero_k_bias_sit_on_their_neurons() -> None:
+    model = _randomized(
+        timm.create_model(
+            "eva02_tiny_patch14_224", pretrained=False, img_size=16, patch_size=8, embed_dim=16, depth=1,
+            num_heads=2, num_classes=3, ref_feat_shape=(2, 2),
+        )
+    )  # fmt: skip
+    graph = _assert_parameters_round_trip(model, (1, 3, 16, 16))
+    q, v = (_nodes_of(graph, f"blocks.0.attn.{n}_bias") for n in "qv")
+    assert torch.equal(v - q, torch.full((16,), 32))  # [q | k | v] neurons of one projection
+    k = q + 16
+    assert (graph.x[k, NODE_SLOTS.index("bias")] == 0).all()
+    pair = graph.edge_type == EDGE_TYPES.index("qk_pair")
+    rotary = pair & torch.isin(graph.edge_index[0], q) & torch.isin(graph.edge_index[1], q)
+    assert torch.equal(graph.edge_index[:, rotary], q.view(-1, 2).T)  # interleaved: 2i with 2i + 1
+
+
+def test_deit_class_and_distillation_tokens_each_have_their_nodes() -> None:
+    model = _randomized(
+        timm.create_model(
+            "deit_tiny_distilled_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=8, depth=1,
+            num_heads=2, num_classes=3,
+        )
+    )  # fmt: skip
+    graph = _assert_round_trip(model, (1, 3, 16, 16))
+    assert set(_nodes_of(graph, "cls_token").tolist()).isdisjoint(_nodes_of(graph, "dist_token").tolist())
+
+
+# -- partial and interleaved rotary embeddings --------------------------------------------------------------
+
+
+def _neox() -> nn.Module:
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, rotary_pct=0.5,
+    )  # fmt: skip
+    return _randomized(GPTNeoXForCausalLM(config))
+
+
+def test_partial_rotary_binds_only_the_rotated_features_of_a_fused_per_head_projection() -> None:
+    """GPT-NeoX: [q_h | k_h | v_h] per head of 8, the first 4 of q and k rotated: pairs (0, 2), (1, 3)."""
+    graph = to_neuron_graph(_neox())
+    qkv = _nodes_of(graph, "gpt_neox.layers.0.attention.query_key_value.bias").reshape(2, 3, 8)
+    pair = graph.edge_type == EDGE_TYPES.index("qk_pair")
+    for part in (0, 1):  # q, k
+        rows = qkv[:, part].contiguous()
+        bound = pair & torch.isin(graph.edge_index[0], rows) & torch.isin(graph.edge_index[1], rows)
+        expected = torch.stack([rows[:, [0, 1]].flatten(), rows[:, [2, 3]].flatten()])
+        assert torch.equal(graph.edge_index[:, bound], expected)
+
+
+def test_permuting_neox_heads_and_unrotated_features_permutes_nodes_only() -> None:
+    order, passed = torch.tensor([1, 0]), torch.tensor([0, 1, 2, 3, 6, 4, 7, 5])  # rotated features stay
+
+    def permute(model: nn.Module) -> None:
+        attn = model.gpt_neox.layers[0].attention
+        within = torch.cat([passed, 8 + passed, 16 + torch.arange(8)])
+        rows = (order[:, None] * 24 + within).flatten()
+        _take(attn.query_key_value.weight, rows)
+        _take(attn.query_key_value.bias, rows)
+        _take(attn.dense.weight, _blocks(order, 8), dim=1)
+
+    _assert_symmetry(_neox(), permute, {"input_ids": _ids()})
+
+
+def _neurons(graph: Any, weight: str) -> Tensor:
+    """The output neurons of weight placement ``weight``, row by row."""
+    p = next(p for p in graph.placements if p.name == weight)
+    return graph.edge_index[1, p.start : p.start + p.rows * p.cols].view(p.rows, p.cols)[:, 0]
+
+
+def test_gpt_j_rotates_interleaved_pairs_of_its_first_features() -> None:
+    """GPT-J rotates features 2i and 2i + 1 of the first ``rotary_dim`` = 4 of each 8-feature head."""
+    model = GPTJForCausalLM(GPTJConfig(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=16, rotary_dim=4))
+    ir = trace(model, {"input_ids": _ids()})
+    assert {op.attrs["pairs"] for op in ir.ops if op.function == ROTARY} == {"interleaved"}
+    graph = _assert_round_trip(_randomized(model), {"input_ids": _ids()})
+    pair = graph.edge_type == EDGE_TYPES.index("qk_pair")
+    for name in ("q_proj", "k_proj"):
+        heads = _neurons(graph, f"transformer.h.0.attn.{name}.weight").view(2, 8)
+        bound = pair & torch.isin(graph.edge_index[0], heads) & torch.isin(graph.edge_index[1], heads)
+        assert torch.equal(
+            graph.edge_index[:, bound], torch.stack([heads[:, [0, 2]].flatten(), heads[:, [1, 3]].flatten()])
+        )
+        assert torch.equal(graph.edge_attr[bound, 0], torch.tensor([0, 0.5, 0, 0.5]))
+
+
+# -- channel split and shuffle; token mixing ---------------------------------------------------------------
+
+
+class SplitShuffle(nn.Module):
+    """ShuffleNetV2's unit in small: split the channels, transform one half, concatenate, shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.branch, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(4, 5, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = self.stem(x).chunk(2, dim=1)
+        y = torch.cat([x1, self.branch(x2)], dim=1)
+        y = y.view(1, 2, 2, *y.shape[2:]).transpose(1, 2).reshape(y.shape)  # channel shuffle, 2 groups
+        return self.head(y)
+
+
+def _reads(graph: Any, weight: str) -> Tensor:
+    """The input nodes weight placement ``weight`` reads, in column order."""
+    p = next(p for p in graph.placements if p.name == weight)
+    return graph.edge_index[0, p.start : p.start + p.rows * p.cols].view(p.rows, p.cols)[0]
+
+
+def test_channel_split_and_shuffle_wire_each_channel_to_where_it_lands() -> None:
+    graph = _assert_round_trip(SplitShuffle(), (1, 3, 4, 4))
+    stem, branch = _nodes_of(graph, "stem.bias"), _nodes_of(graph, "branch.bias")
+    assert torch.equal(_reads(graph, "branch.weight"), stem[2:])  # the second half of the split
+    assert torch.equal(_reads(graph, "head.weight"), torch.stack([stem[:2], branch]).T.flatten())  # shuffled
+
+
+def test_permuting_shufflenet_branch_channels_permutes_nodes_only() -> None:
+    model = _randomized(ShuffleNetV2([2, 1, 1], [4, 8, 16, 32, 64], num_classes=3))
+    p = torch.randperm(4, generator=torch.Generator().manual_seed(1))
+
+    def permute(model: nn.Module) -> None:
+        branch = model.stage2[1].branch2
+        _take(branch[0].weight, p)
+        _take(branch[3].weight, p)
+        _take(branch[5].weight, p, dim=1)
+        for bn in (branch[1], branch[4]):
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                _take(getattr(bn, key), p)
+
+    _assert_symmetry(model, permute, torch.randn(1, 3, 32, 32))
+
+
+def test_token_mixing_is_refused_naming_the_module_and_cause() -> None:
+    model = timm.models.mlp_mixer.MlpMixer(num_classes=3, img_size=16, patch_size=8, num_blocks=1, embed_dim=16)
+    message = (
+        r"'blocks.0.mlp_tokens.fc1' \(Linear\).*mixing along tokens.*axis 2 of its input \(1, 16, 4\) does not hold"
+    )
     with pytest.raises(UnsupportedModuleError, match=message):
-        to_neuron_graph(build(), inputs)
+        to_neuron_graph(model, (1, 3, 16, 16))

@@ -232,13 +232,19 @@ def test_other_families_get_every_parameter(spec: str, inputs) -> None:
         assert new.shape == old.shape and torch.isfinite(new).all() and not torch.equal(new, old), key
 
 
-def test_unsupported_family_names_the_module_and_parameter() -> None:
+def test_an_unsupported_use_of_a_parameter_names_the_module_and_parameter() -> None:
     from hypernets.graph import UnsupportedModuleError
-    from hypernets.models import build_model
 
-    model = build_model("timm:beit_base_patch16_224?img_size=32&patch_size=16&depth=1&num_classes=3", device="meta")
-    with pytest.raises(UnsupportedModuleError, match=r"blocks\.0\.attn.*relative_position_bias_table"):
-        LoGAH(**SMALL).predict(model)
+    class Inverting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.eye(4))
+
+        def forward(self, x):
+            return x @ torch.linalg.inv(self.w)
+
+    with pytest.raises(UnsupportedModuleError, match=r"'<root>' \(Inverting\) uses parameter\(s\) w .*linalg_inv"):
+        LoGAH(**SMALL).predict(Inverting(), (1, 4))
 
 
 def test_shape_frequencies_size_the_encoder_and_survive_a_checkpoint(tmp_path) -> None:
