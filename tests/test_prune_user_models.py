@@ -259,3 +259,28 @@ def test_prune_model_in_python_meets_a_time_budget_and_never_trails_depgraph(in_
     assert list(scores) == [0.5, 0.0] and report["after"]["accuracy"] == max(scores.values())
     assert report["finetune"]["steps_done"] < 10_000
     assert model[0].weight.shape[0] == 8  # the user's model is left as it was
+
+
+SWIN = (
+    "timm:swin_tiny_patch4_window7_224?img_size=28&patch_size=2&window_size=7&in_chans=1&num_classes=10"
+    "&embed_dim=16&depths=1,1&num_heads=2,2"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "swin"])
+def test_the_rewrite_prune_finetune_path_runs_on_llama_and_swin(family, in_workdir, tmp_path) -> None:
+    """Both read as neuron graphs now: the shipped metanetwork rewrites them, then DepGraph prunes."""
+    if family == "llama":
+        _tiny_llama(tmp_path / "llama")
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text("some text about things. " * 300)
+        spec, data = f"hf:{tmp_path / 'llama'}", ["--data", f"text:{corpus}", "--block-size", "16"]
+        gate = ["--max-loss-increase", "100"]
+    else:
+        spec, data, gate = SWIN, ["--data", "imagefolder:digits"], ["--max-acc-drop", "100"]
+    rewrite = ["--metanet", "vit", "--rewrite-strength", "0.5", "--speedup", "1.2"]
+    status, report = _prune(in_workdir, tmp_path, spec, *data, *gate, *rewrite)
+    assert status == 0, report.get("reasons")
+    assert [c["rewrite_strength"] for c in report["candidates"]] == [0.5, 0.0]  # rewritten, then kept the better
+    assert report["speedup"] >= 1.2
