@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import warnings
 from collections.abc import Sequence
@@ -527,7 +528,7 @@ def ir_to_dict(ir: ModelIR) -> dict[str, Any]:
     """The IR as plain JSON types: ops in topological order, each naming its input ops and parameters."""
     return {
         "model_type": ir.model_type,
-        "ops": [dataclasses.asdict(op) for op in ir.ops],
+        "ops": [_op_to_dict(op) for op in ir.ops],
         "outputs": ir.outputs,
         "parameters": {
             name: {"shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch.")}
@@ -536,6 +537,33 @@ def ir_to_dict(ir: ModelIR) -> dict[str, Any]:
         "unused": ir.unused,
         "tied": ir.tied(),
     }
+
+
+def _op_to_dict(op: Any) -> dict[str, Any]:
+    """One op as JSON types; the data-moving calls between ops as their function names and arguments."""
+    fields = {f.name: getattr(op, f.name) for f in dataclasses.fields(op) if f.name != "views"}
+    steps = [None if chain is None else [_view_step(step) for step in chain] for chain in op.views]
+    return {**_plain(fields), "views": steps}
+
+
+def _view_step(step: Any) -> dict[str, Any]:
+    name = getattr(step.function, "__name__", str(step.function))
+    return {"function": name, "args": _plain(step.args), "kwargs": _plain(step.kwargs), "item": step.item}
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples, sizes and slices as JSON types; anything else JSON cannot hold as its repr."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, slice):
+        return {"slice": [value.start, value.stop, value.step]}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
 
 
 def _draw(view: str, data: Data, path: str) -> None:
