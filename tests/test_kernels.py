@@ -53,6 +53,7 @@ def test_in_place_accumulation_equals_decode_in_the_same_buffer(group):
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result.double(), naive_decode(layout, inputs), rtol=1e-5, atol=1e-5)
 
+
 OPTIONS = {"plain": (False, False), "scale": (True, False), "theta0": (False, True), "both": (True, True)}
 
 
