@@ -71,6 +71,16 @@ def test_predicted_names_and_shapes_match_the_module_exactly(body: str) -> None:
     assert list(weights) == ["0.weight", "2.weight", "3.weight", "5.weight"]
 
 
+def test_hypernetwork_sizes_worked_by_hand() -> None:
+    """small_cnn has 439 values in 8 tensors; a 2-layer, 64-wide MLP body. Under MIP theta0 is the offset of
+    every tensor, so the heads have no bias; plain, the heads' biases are the only offsets."""
+    values, tensors, trunk = 439, 8, 64 * 64 + 64
+    mip = hypernetize(small_cnn(), body="mlp")
+    assert sum(p.numel() for p in mip.hypernet_parameters()) == (2 * 64 + 64 + trunk) + 64 * values + tensors + values
+    plain = hypernetize(small_cnn(), body="mlp", mip=False)
+    assert sum(p.numel() for p in plain.hypernet_parameters()) == (1 * 64 + 64 + trunk) + 65 * values + tensors
+
+
 def test_from_existing_with_zero_output_reproduces_the_module_bit_exactly() -> None:
     original = small_cnn(seed=3)
     model = hypernetize(copy.deepcopy(original), from_existing=True)

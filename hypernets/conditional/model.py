@@ -106,6 +106,7 @@ class Hypernetized(nn.Module):
             layers=config.layers,
             chunk_size=config.chunk_size,
             chunk_dim=config.chunk_dim,
+            bias=not config.mip,  # under MIP theta0 is every tensor's offset
         )
         self.gain = nn.Parameter(torch.full((len(sizes),), INITIAL_RESIDUAL_GAIN if config.mip else 1.0))
         self.register_buffer("scale", torch.stack([_scale(value) for value in start]))
