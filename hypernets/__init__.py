@@ -6,7 +6,16 @@ every parameter of a target network from its op graph.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
+
+# torch_geometric scripts a few classes with torch.jit.script on import, which torch >= 2.10 deprecates with a
+# FutureWarning that users can do nothing about. Every module of this library and of metaprune imports this
+# package first (metaprune's __init__ does so explicitly), so this one filter, narrowed to that message from
+# that module, keeps commands and recipes quiet without hiding any other warning.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning, module=r"torch\.jit\._script"
+)
 
 if TYPE_CHECKING:
     from hypernets.conditional import HypernetizeConfig, Hypernetized, hypernetize

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hypernets import pretrained
 from hypernets.atomic import atomic_write
 from hypernets.checkpoint import json_text
 from hypernets.command import (
+    HelpFormatter,
     Parser,
     UsageError,
     check_device,
@@ -66,15 +68,6 @@ unwritable --out; one line on stderr, nothing written), 3 internal error (please
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Epilogs as written, and the default of every option that has one in its help."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.help and action.default not in (None, False, argparse.SUPPRESS):
-            return f"{action.help} (default: %(default)s)"
-        return action.help or ""
-
-
 TRAIN_EXAMPLES = """\
 examples:
   hypernets train --family vit --out runs/vit-logah --steps 4000             # ViTs on MNIST, on a CPU
@@ -110,8 +103,6 @@ SHIPPED_FOR_FAMILY = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hypernets`` console script; returns the exit status (docs/cli.md)."""
-    # torch_geometric calls the deprecated torch.jit.script on import: noise for users of the command.
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     from hypernets.checkpoint import CheckpointError
     from hypernets.graph import GraphConversionError
     from hypernets.train.loop import TrainingDiverged
@@ -136,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters covered, unused and tied parameters, node and edge counts. Optionally draw the\n"
         "graph and write the traced ops as JSON.",
         epilog="model specs:\n" + "\n".join(f"  {form}" for form in SPEC_FORMS) + "\n\n" + GRAPH_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    graph.add_argument("model", nargs="?", default=DEFAULT_SPEC, help=f"model spec (default: {DEFAULT_SPEC})")
+    graph.add_argument("model", nargs="?", default=DEFAULT_SPEC, help="model spec")
     graph.add_argument(
         "--view",
         choices=("op", "neuron"),
@@ -171,15 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict every parameter of a model with a hypernetwork checkpoint (a directory written by\n"
         "LoGAH.save_pretrained) and write them to a safetensors file.",
         epilog="model specs:\n" + "\n".join(f"  {form}" for form in SPEC_FORMS) + "\n\n" + PREDICT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     predict.add_argument(
         "--hypernet",
         required=True,
         metavar="DIR",
-        help="checkpoint directory, or a shipped name: vit-mnist, gpt2-pydoc",
+        help="checkpoint directory, or a shipped name: " + ", ".join(pretrained.available()),
     )
-    predict.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec (default: {DEFAULT_SPEC})")
+    predict.add_argument("--model", default=DEFAULT_SPEC, help="model spec")
     predict.add_argument("--out", required=True, metavar="PATH", help="safetensors file (or directory for hf)")
     predict.add_argument(
         "--format",
@@ -210,7 +201,7 @@ def add_train_parser(commands: argparse._SubParsersAction, parents: list[argpars
         "models (byte-level text): AdamW, warm-up and cosine decay, gradient clipping, bf16 autocast on\n"
         "CUDA, exact resume, and data parallelism under torchrun.",
         epilog=TRAIN_EXAMPLES,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     train.add_argument("--family", choices=FAMILIES, default=defaults["family"], help="architecture family")
     train.add_argument("--out", required=True, metavar="DIR", help="run directory (resumed if it holds a checkpoint)")
@@ -295,7 +286,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, parents: list[argp
         "at step 0 and, with --finetune-steps, along a short AdamW fine-tuning run; print a markdown table\n"
         "and, with --out, write it with a plot.",
         epilog=EVALUATE_EXAMPLES,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     evaluate.add_argument("--family", choices=FAMILIES, default="vit", help="architecture family")
     evaluate.add_argument(

@@ -37,6 +37,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog.split()[0]}: error: {message} (see '{self.prog} --help')\n")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written, and the default of every option that has one (0 included) at the
+    end of its help, so that no help text spells a default that can drift from the code."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        implicit = action.nargs == 0  # flags: --overwrite, --help; their default is "off"
+        if action.help and not implicit and action.default not in (None, argparse.SUPPRESS):
+            return f"{action.help} (default: %(default)s)"
+        return action.help or ""
+
+
 def debug_parent() -> Parser:
     """The ``--debug`` option, shared by every subcommand."""
     parent = Parser(add_help=False)

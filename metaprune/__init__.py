@@ -10,6 +10,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+import hypernets  # noqa: F401  (its import filters torch_geometric's torch.jit.script FutureWarning)
+
 if TYPE_CHECKING:
     from metaprune.metanet import GraphLayout, Metanet, MetanetConfig, graph_state, transformed_state
     from metaprune.metatrain import Member, MetaTrainConfig, train_metanet

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from hypernets.checkpoint import json_text
 from hypernets.command import (
     DONE,
     MISSED,
+    HelpFormatter,
     Parser,
     UsageError,
     check_input,
@@ -67,7 +67,6 @@ or infinite parameter is ever written.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metaprune`` console script; returns the exit status."""
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     from hypernets.checkpoint import CheckpointError
     from hypernets.data.spec import DataSpecError
     from hypernets.graph import GraphConversionError
@@ -99,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=PRUNE_EXAMPLES.format(
             models="\n".join(f"  {form}" for form in SPEC_FORMS), data="\n".join(f"  {form}" for form in DATA_FORMS)
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     source = prune.add_argument_group("the model and its data")
     source.add_argument(
@@ -121,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer", type=Path, metavar="DIR", help="text: a local Hugging Face tokenizer (default bytes)"
     )
     source.add_argument("--block-size", type=integer(1, 1 << 20), metavar="N", help="text: tokens per training window")
-    source.add_argument(
-        "--batch-size", type=integer(1, 1 << 20), default=128, metavar="N", help="examples per step (default 128)"
-    )
+    source.add_argument("--batch-size", type=integer(1, 1 << 20), default=128, metavar="N", help="examples per step")
 
     targets = prune.add_argument_group("targets and the gate")
     targets.add_argument(
@@ -160,14 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=("group_norm", "l1", "random"),
         default="group_norm",
-        help="channel importance (default: group_norm, the group L2 norm)",
+        help="channel importance: group_norm (the group L2 norm), l1 or random",
     )
     method.add_argument(
         "--head-ratio",
         metavar="R",
         type=number(0, 1, below=True),
         default=0.0,
-        help="timm ViTs: fraction of attention heads removed from every layer before channel pruning (default 0)",
+        help="timm ViTs: fraction of attention heads removed from every layer before channel pruning",
     )
     method.add_argument(
         "--global-pruning",
@@ -193,22 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     budget = prune.add_argument_group("training and time budget")
-    budget.add_argument(
-        "--finetune-steps", metavar="N", type=count, default=300, help="optimizer steps after pruning (default 300)"
-    )
-    budget.add_argument(
-        "--lr", type=number(0, 10, above=True), default=0.01, help="peak fine-tuning learning rate (default 0.01)"
-    )
-    budget.add_argument(
-        "--optimizer", choices=("sgd", "adamw"), default="sgd", help="fine-tuning optimizer (default sgd)"
-    )
+    budget.add_argument("--finetune-steps", metavar="N", type=count, default=300, help="optimizer steps after pruning")
+    budget.add_argument("--lr", type=number(0, 10, above=True), default=0.01, help="peak fine-tuning learning rate")
+    budget.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="fine-tuning optimizer")
     budget.add_argument(
         "--max-minutes",
         type=number(0, 1e6, above=True),
         metavar="M",
         help="wall-clock budget: fine-tuning stops early so that the run ends within about M minutes",
     )
-    budget.add_argument("--seed", type=seed, default=0, help="seeds data order and fine-tuning (default 0)")
+    budget.add_argument("--seed", type=seed, default=0, help="seeds data order and fine-tuning")
 
     out = prune.add_argument_group("outputs")
     out.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the pruned model")
