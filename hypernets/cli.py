@@ -31,6 +31,7 @@ from hypernets.command import (
     run_command,
     seed,
 )
+from hypernets.continual.cli import add_continual_parser
 from hypernets.models import DEFAULT_SPEC, SPEC_FORMS, ModelSpecError
 from hypernets.train.config import FAMILIES
 
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=run_predict)
     add_train_parser(commands, common)
     add_evaluate_parser(commands, common)
+    add_continual_parser(commands, common)
     return parser
 
 

@@ -1,42 +1,80 @@
-"""The three ways to learn a sequence of tasks that the benchmarks compare, behind one interface.
+"""The ways to learn a sequence of tasks that the benchmarks compare, behind one interface.
 
 - :class:`HypernetLearner`: a task-conditioned hypernetwork generates the whole network per task;
   the output regularizer keeps the networks of earlier tasks in place.
-- :class:`FineTuneLearner`: one network (shared trunk, one output head per task) trained on each task
-  in turn; nothing protects old tasks, so it shows what forgetting looks like.
 - :class:`SeparateLearner`: a fresh network per task; cannot forget, the upper bound.
+- :class:`SingleNetworkLearner`: one network trained on each task in turn: fine-tuning, or with EWC's
+  or SI's penalty (:mod:`hypernets.continual.consolidation`).
 
-All three use task identity the same way (it selects a generated network, a head or a network).
+Labels are local to a task (``range(classes per task)``); ``predict`` answers with global classes (digits).
+Task-incremental: the task id selects a generated network, a network or an output block.
+Class-incremental (``predict(None, x)``): learners with a network per task infer the task by lowest
+predictive entropy (HNET+ENT); a single network has one head over all classes and ignores the task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from hypernets.continual.benchmarks import Task
+from hypernets.continual.consolidation import Consolidation
 from hypernets.continual.hypernet import TaskHypernet
+from hypernets.continual.inference import infer_task
 from hypernets.continual.regularizer import OutputRegularizer, adam_step
+
+
+class Prediction(NamedTuple):
+    classes: Tensor  # [n] global classes
+    tasks: Tensor | None  # [n] inferred tasks, where the learner inferred them
 
 
 class Learner(Protocol):
     def begin_task(self, task: int) -> None: ...
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]: ...
-    def end_task(self, task: int) -> None: ...
-    def logits(self, task: int, x: Tensor) -> Tensor: ...
+    def end_task(self, task: int, data: Task) -> None: ...
+    def predict(self, task: int | None, x: Tensor) -> Prediction: ...
 
 
-class HypernetLearner:
+class PerTaskNetworks:
+    """Prediction for learners with a network per task: by the given task, or by the most confident one
+    among the tasks learned so far. ``classes[t][y]`` is the global class of task ``t``'s local label ``y``."""
+
+    def __init__(self, classes: Sequence[Sequence[int]]) -> None:
+        self.classes = torch.tensor(classes)
+        self.learned = 0
+
+    def logits(self, task: int, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def predict(self, task: int | None, x: Tensor) -> Prediction:
+        if task is not None:
+            return Prediction(self.classes[task][self.logits(task, x).argmax(-1)], None)
+        logits = torch.stack([self.logits(t, x) for t in range(self.learned)])  # [T, n, classes]
+        tasks = infer_task(logits)
+        local = logits[tasks, torch.arange(len(x))].argmax(-1)
+        return Prediction(self.classes[tasks, local], tasks)
+
+
+class HypernetLearner(PerTaskNetworks):
     """Trains the shared hypernetwork weights and task ``t``'s embedding on task ``t``'s loss plus the
     output regularizer (with look-ahead if asked); a fresh Adam per task, as in von Oswald et al."""
 
     def __init__(
-        self, hypernet: TaskHypernet, target: nn.Module, beta: float, lr: float = 1e-3, lookahead: bool = False
+        self,
+        hypernet: TaskHypernet,
+        target: nn.Module,
+        classes: Sequence[Sequence[int]],
+        beta: float,
+        lr: float = 1e-3,
+        lookahead: bool = False,
     ) -> None:
+        super().__init__(classes)
         self.hypernet, self.target, self.lr, self.lookahead = hypernet, target, lr, lookahead
         self.regularizer = OutputRegularizer(beta)
         self.optimizer: torch.optim.Adam | None = None
@@ -63,57 +101,93 @@ class HypernetLearner:
         self.optimizer.step()
         return stats
 
-    def end_task(self, task: int) -> None:
+    def end_task(self, task: int, data: Task) -> None:
         self.regularizer.snapshot(self.hypernet, range(task + 1))
+        self.learned = task + 1
 
 
-class FineTuneLearner:
-    """One network; ``build(classes * num_tasks)`` makes it, and task ``t`` reads its own block of outputs."""
+class SeparateLearner(PerTaskNetworks):
+    """A new ``build(classes per task)`` network and optimizer for every task."""
 
-    def __init__(self, build: Callable[[int], nn.Module], num_tasks: int, num_classes: int, lr: float = 1e-3) -> None:
-        self.network = build(num_classes * num_tasks)
-        self.num_classes = num_classes
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=lr)
-
-    def begin_task(self, task: int) -> None:
-        pass
-
-    def logits(self, task: int, x: Tensor) -> Tensor:
-        return self.network(x)[:, task * self.num_classes : (task + 1) * self.num_classes]
-
-    def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
-        return _supervised_step(self.optimizer, self.logits(task, x), y)
-
-    def end_task(self, task: int) -> None:
-        pass
-
-
-class SeparateLearner:
-    """A new ``build(num_classes)`` network and optimizer for every task."""
-
-    def __init__(self, build: Callable[[int], nn.Module], num_classes: int, lr: float = 1e-3) -> None:
-        self.build, self.num_classes, self.lr = build, num_classes, lr
+    def __init__(self, build: Callable[[int], nn.Module], classes: Sequence[Sequence[int]], lr: float = 1e-3) -> None:
+        super().__init__(classes)
+        self.build, self.lr = build, lr
         self.networks: list[nn.Module] = []
         self.optimizer: torch.optim.Adam | None = None
 
     def begin_task(self, task: int) -> None:
-        self.networks.append(self.build(self.num_classes))
+        self.networks.append(self.build(self.classes.shape[1]))
         self.optimizer = torch.optim.Adam(self.networks[task].parameters(), lr=self.lr)
 
     def logits(self, task: int, x: Tensor) -> Tensor:
         return self.networks[task](x)
 
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
-        return _supervised_step(self.optimizer, self.logits(task, x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.logits(task, x), y)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
 
-    def end_task(self, task: int) -> None:
+    def end_task(self, task: int, data: Task) -> None:
+        self.learned = task + 1
+
+
+class SingleNetworkLearner:
+    """One network, one Adam, trained on each task in turn, with an optional penalty against forgetting.
+
+    ``shared_head=False`` (task-incremental): one block of outputs per task, chosen by the task id.
+    ``shared_head=True`` (class-incremental): one output per global class, trained on global labels over
+    all of them; the task id is never used.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[int], nn.Module],
+        classes: Sequence[Sequence[int]],
+        shared_head: bool,
+        lr: float = 1e-3,
+        consolidation: Consolidation | None = None,
+    ) -> None:
+        self.classes = torch.tensor(classes)
+        self.shared_head, self.consolidation = shared_head, consolidation
+        tasks, per_task = self.classes.shape
+        self.network = build(int(self.classes.max()) + 1 if shared_head else tasks * per_task)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=lr)
+
+    def head(self, task: int) -> Callable[[Tensor], Tensor]:
+        """Network outputs -> the logits task ``task`` is trained on."""
+        if self.shared_head:
+            return lambda outputs: outputs
+        per_task = self.classes.shape[1]
+        return lambda outputs: outputs[:, task * per_task : (task + 1) * per_task]
+
+    def begin_task(self, task: int) -> None:
         pass
 
+    def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.head(task)(self.network(x)), self.classes[task][y] if self.shared_head else y)
+        loss.backward()
+        stats = {"loss": loss.item()}
+        if self.consolidation is not None:
+            self.consolidation.before_step(self.network)
+            penalty = self.consolidation.penalty(self.network)
+            if penalty.requires_grad:
+                penalty.backward()
+                stats["reg"] = penalty.item()
+        self.optimizer.step()
+        if self.consolidation is not None:
+            self.consolidation.after_step(self.network)
+        return stats
 
-def _supervised_step(optimizer: torch.optim.Optimizer, logits: Tensor, y: Tensor) -> dict[str, float]:
-    """One cross-entropy step of the baselines, which train their networks directly."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(logits, y)
-    loss.backward()
-    optimizer.step()
-    return {"loss": loss.item()}
+    def end_task(self, task: int, data: Task) -> None:
+        if self.consolidation is not None:
+            self.consolidation.consolidate(self.network, self.head(task), data.train_x)
+
+    def predict(self, task: int | None, x: Tensor) -> Prediction:
+        if self.shared_head:
+            return Prediction(self.network(x).argmax(-1), None)
+        if task is None:
+            raise ValueError("a network with a head per task needs the task (use shared_head for class-incremental)")
+        return Prediction(self.classes[task][self.head(task)(self.network(x)).argmax(-1)], None)

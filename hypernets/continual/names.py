@@ -1,0 +1,15 @@
+"""The benchmarks, settings and methods the ``hypernets continual`` command offers, importable without
+torch so that ``hypernets --help`` stays instant."""
+
+from __future__ import annotations
+
+FULL_LENGTH = {"permuted": 10, "split": 5, "rotated": 10}  # tasks per benchmark
+SETTINGS = ("task", "class")  # task id given at test time, or not
+GRID_METHODS: dict[str, dict] = {  # method name -> Experiment settings
+    "hypernet": dict(method="hypernet"),
+    "hypernet-logah": dict(method="hypernet", hypernet="logah", mip=True, residual=True),
+    "ewc": dict(method="ewc"),
+    "si": dict(method="si"),
+    "finetune": dict(method="finetune"),
+    "separate": dict(method="separate"),
+}
