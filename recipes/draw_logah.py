@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,9 @@ ARROWS += [("a", "decode"), ("b", "decode"), ("v", "decode"), ("decode", "params
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=OUT, help="the PNG to write (default: %(default)s)")
+    out = parser.parse_args().out
     figure, axes = plt.subplots(figsize=(12, 4))
     for x, y, text, colour in BOXES.values():
         axes.text(x, y, text, ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc=colour, ec="k"))
@@ -36,9 +40,9 @@ def main() -> None:
     axes.set(xlim=(-1.2, 12.6), ylim=(0.2, 4.0))
     axes.axis("off")
     figure.tight_layout()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(OUT, dpi=110)
-    print(f"wrote {OUT}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
