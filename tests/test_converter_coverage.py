@@ -61,6 +61,8 @@ from hypernets.graph import (
     trace,
 )
 from hypernets.graph.tracer import ROTARY
+from metaprune.metanet import Metanet, MetanetConfig
+from metaprune.objective import ChannelGroups
 
 VOCAB = 100
 
@@ -883,10 +885,148 @@ def test_permuting_shufflenet_branch_channels_permutes_nodes_only() -> None:
     _assert_symmetry(model, permute, torch.randn(1, 3, 32, 32))
 
 
-def test_token_mixing_is_refused_naming_the_module_and_cause() -> None:
-    model = timm.models.mlp_mixer.MlpMixer(num_classes=3, img_size=16, patch_size=8, num_blocks=1, embed_dim=16)
-    message = (
-        r"'blocks.0.mlp_tokens.fc1' \(Linear\).*mixing along tokens.*axis 2 of its input \(1, 16, 4\) does not hold"
+class TokenMLP(nn.Module):
+    """Features embedded, an MLP along the 5 tokens (2 hidden units) added back, a head; the token linears
+    written as a linear on the transposed activation, or as ``W @ x``."""
+
+    def __init__(self, matmul: bool = False) -> None:
+        super().__init__()
+        self.embed, self.fc1, self.fc2, self.head = nn.Linear(3, 4), nn.Linear(5, 2), nn.Linear(2, 5), nn.Linear(4, 2)
+        self.matmul = matmul
+
+    def along_tokens(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        if self.matmul:
+            return layer.weight @ x + layer.bias[:, None]
+        return layer(x.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # (batch, 5 tokens, 3 features)
+        h = self.embed(x)
+        return self.head(h + self.along_tokens(self.fc2, torch.relu(self.along_tokens(self.fc1, h))))
+
+
+@pytest.mark.parametrize("matmul", [False, True], ids=["transposed", "W@x"])
+def test_token_mlp_worked_by_hand(matmul: bool) -> None:
+    """Nodes in creation order: 3 inputs, 4 embedding neurons, fc1's 5 fixed positions, its 2 hidden units,
+    fc2's 5 output positions, 4 sums (embedding feature i + token-mixed feature i), 2 outputs."""
+    torch.manual_seed(0)
+    graph = _assert_round_trip(TokenMLP(matmul), (1, 5, 3))
+    types = (
+        ["input"] * 3 + ["neuron"] * 4 + ["token"] * 5 + ["neuron"] * 2 + ["token"] * 5 + ["sum"] * 4 + ["output"] * 2
     )
+    assert graph.node_type.tolist() == [NODE_TYPES.index(t) for t in types]
+    assert _reads(graph, "fc1.weight").tolist() == [7, 8, 9, 10, 11]
+    assert _neurons(graph, "fc1.weight").tolist() == _reads(graph, "fc2.weight").tolist() == [12, 13]
+    assert _neurons(graph, "fc2.weight").tolist() == _nodes_of(graph, "fc2.bias").tolist() == [14, 15, 16, 17, 18]
+    assert _reads(graph, "head.weight").tolist() == [19, 20, 21, 22]
+    identity = graph.edge_index[:, graph.edge_type == EDGE_TYPES.index("identity")]
+    assert identity.T.tolist() == [[3 + i, 19 + i] for i in range(4)] * 2  # the token MLP keeps the features
+
+
+def test_token_linear_written_as_w_at_x_has_the_graph_of_a_transposed_linear() -> None:
+    torch.manual_seed(0)
+    model, matmul = TokenMLP(), TokenMLP(matmul=True)
+    matmul.load_state_dict(model.state_dict())
+    x = torch.randn(1, 5, 3)
+    torch.testing.assert_close(model(x), matmul(x))
+    graph, expected = to_neuron_graph(model, x), to_neuron_graph(matmul, x)
+    for key in ("x", "node_type", "edge_index", "edge_attr", "edge_type"):
+        assert torch.equal(graph[key], expected[key]), key
+
+
+def _mixer(block: str = "mixer") -> nn.Module:
+    """MLP-Mixer on 16 tokens of 8 features (token MLP of 4 hidden units, channel MLP of 32), ResMLP (Affine
+    norms, one linear along tokens, layer scale) or gMLP (a spatial gating unit)."""
+    blocks = {
+        "mixer": {},
+        "resmlp": dict(
+            block_layer=timm.models.mlp_mixer.ResBlock, norm_layer=timm.models.mlp_mixer.Affine, mlp_ratio=4
+        ),
+        "gmlp": dict(block_layer=timm.models.mlp_mixer.SpatialGatingBlock, mlp_layer=timm.layers.GatedMlp, mlp_ratio=6),
+    }
+    return _randomized(
+        timm.models.mlp_mixer.MlpMixer(
+            num_classes=3, img_size=16, patch_size=4, num_blocks=2, embed_dim=8, **blocks[block]
+        )
+    )
+
+
+MIXER_INPUT = (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("block", ["mixer", "resmlp", "gmlp"])
+def test_token_mixing_round_trip_is_exact(block: str) -> None:
+    _assert_round_trip(_mixer(block), MIXER_INPUT)
+
+
+def test_mixer_token_mlp_lives_in_a_token_space_of_its_own() -> None:
+    """Each token MLP reads 16 fixed positions and writes 16, through 4 hidden units: the hidden units are
+    neurons (one prunable channel group each), the positions tokens (in no group)."""
+    graph = _assert_round_trip(_mixer(), MIXER_INPUT)
+    groups = ChannelGroups.of(graph)
+    for block in range(2):
+        prefix = f"blocks.{block}.mlp_tokens"
+        positions, hidden = _reads(graph, f"{prefix}.fc1.weight"), _neurons(graph, f"{prefix}.fc1.weight")
+        assert torch.equal(_reads(graph, f"{prefix}.fc2.weight"), hidden)
+        outputs = _neurons(graph, f"{prefix}.fc2.weight")
+        assert (len(positions), len(hidden), len(outputs)) == (16, 4, 16)
+        assert (graph.node_type[torch.cat([positions, outputs])] == NODE_TYPES.index("token")).all()
+        assert (graph.node_type[hidden] == NODE_TYPES.index("neuron")).all()
+        assert len(groups.node_group[hidden].unique()) == 4
+        assert (groups.node_group[torch.cat([positions, outputs])] == -1).all()
+
+
+def test_metanet_rewrites_every_parameter_of_a_mixer() -> None:
+    model = _mixer()
+    state = Metanet(MetanetConfig(node_dim=8, edge_dim=8, layers=1)).transform(model, MIXER_INPUT)
+    for name, value in model.named_parameters():
+        assert state[name].shape == value.shape and state[name].isfinite().all(), name
+
+
+def test_permuting_mixer_token_and_channel_neurons_permutes_nodes_only() -> None:
+    """Hidden units of the token MLPs, of the channel MLPs and the residual stream's features, all at once:
+    the function stays, the graph's nodes move, and the token positions stay where they are."""
+    tokens, hidden, stream = (torch.randperm(n, generator=torch.Generator().manual_seed(n)) for n in (4, 32, 8))
+
+    def permute(model: nn.Module) -> None:
+        pairs = [(model.stem.proj, 0), (model.norm, 0), (model.head, 1)]
+        for block in model.blocks:
+            pairs += [(block.norm1, 0), (block.norm2, 0), (block.mlp_channels.fc1, 1), (block.mlp_channels.fc2, 0)]
+            for mlp, order in ((block.mlp_tokens, tokens), (block.mlp_channels, hidden)):
+                _take(mlp.fc1.weight, order)
+                _take(mlp.fc1.bias, order)
+                _take(mlp.fc2.weight, order, dim=1)
+        for layer, dim in pairs:
+            _take(layer.weight, stream, dim)
+            if dim == 0:
+                _take(layer.bias, stream)
+
+    model = _mixer()
+    permuted = copy.deepcopy(model)
+    with torch.no_grad():
+        permute(permuted)
+    x = torch.randn(MIXER_INPUT)
+    torch.testing.assert_close(model(x), permuted(x))
+    graph, graph2 = to_neuron_graph(model, MIXER_INPUT), to_neuron_graph(permuted, MIXER_INPUT)
+    sigma = _match(graph, graph2)
+    _assert_permuted(graph, graph2, sigma)
+    fixed = (graph.node_type != NODE_TYPES.index("neuron")) & (graph.node_type != NODE_TYPES.index("norm"))
+    fixed &= graph.node_type != NODE_TYPES.index("sum")
+    assert torch.equal(sigma[fixed], fixed.nonzero().flatten())
+    for block in range(2):
+        units = _neurons(graph, f"blocks.{block}.mlp_tokens.fc1.weight")
+        assert torch.equal(sigma[units], units[tokens])
+
+
+class TokenNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.norm = nn.Linear(3, 4), nn.LayerNorm(5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.embed(x).transpose(1, 2))
+
+
+def test_a_norm_along_tokens_is_refused_naming_the_module_and_cause() -> None:
+    message = r"'norm' \(LayerNorm\).*'layer_norm' along tokens: axis 2 of its input \(1, 4, 5\) does not hold features"
     with pytest.raises(UnsupportedModuleError, match=message):
-        to_neuron_graph(model, (1, 3, 16, 16))
+        to_neuron_graph(TokenNorm(), (1, 5, 3))

@@ -507,6 +507,26 @@ def test_reading_part_of_a_fused_projection_is_marked():
     assert "sliced" not in ir.ops[-1].attrs  # out_proj reads its whole weight
 
 
+class Affine(nn.Module):
+    """timm ResMLP's norm: ``beta + alpha * x`` in one fused call, optionally scaled."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.value = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4)), value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.beta, self.alpha, x, value=self.value)
+
+
+@pytest.mark.parametrize("value", [1.0, 0.5])
+def test_addcmul_of_parameters_is_a_product_then_a_sum(value):
+    ir = trace(nn.Sequential(nn.Linear(3, 4), Affine(value)), (2, 3))
+    expected = [("input", {}), ("linear", {"weight": "0.weight", "bias": "0.bias"}), ("mul", {"operand": "1.alpha"})]
+    expected += [("mul", {})] if value != 1 else []  # times the constant
+    assert [(op.kind, op.params) for op in ir.ops] == [*expected, ("add", {"operand": "1.beta"})]
+    assert [op.inputs for op in ir.ops[1:]] == [[0], *[[i] for i in range(1, len(ir.ops) - 1)]]
+
+
 @pytest.mark.parametrize(
     ("build", "inputs", "where"),
     [

@@ -54,7 +54,8 @@ class Op:
     indices of the ops whose results this op reads, in argument order. ``attrs`` holds what the graph
     views need: ``weight_layout`` of a linear ("out_in" or "in_out": which axis of the stored weight
     contracts with the input), ``groups``, ``transposed``, ``stride`` and ``padding`` of a conv, ``dim``
-    of a concat, ``sliced``, the parameters an op reads only part of (a split fused projection), and
+    of a concat, ``sliced``, the parameters an op reads only part of (a split fused projection),
+    ``read_shapes``, the shape a parameter is read in where a view reshaped it (a bias ``b[:, None]``), and
     ``weight_offset`` of an RMS norm that scales by a constant plus its weight (Gemma's ``1 + weight``).
     A rotary position embedding is one op of kind "other" and function ``"rotary_embedding"``, with
     ``pairs`` "halves" (features i and i + d/2 rotate together) or "interleaved" (2i and 2i + 1).

@@ -17,10 +17,15 @@ Which feature an op reads at each position is found, not assumed: every op outpu
 node of each of its elements, and the data-moving calls the tracer saw between it and a reader
 (reshape, permute, split, slice, channel shuffle, ...) are replayed on it. Fused projections in any
 layout ([q | k | v] blocks, per-head [q_h | k_h | v_h], partial rotary slices) and channel splits are
-followed exactly; a layer whose input axis holds tokens rather than features (MLP-Mixer's token mixing)
-is refused with that cause. The map is a bijection: :func:`from_neuron_graph` returns every
-parameter (and batch-norm running statistics) exactly, and permuting the hidden neurons of a network
-(a symmetry that leaves its function unchanged) permutes the graph's nodes and nothing else.
+followed exactly. A linear layer whose input axis holds tokens rather than features (the token mixing of
+MLP-Mixer and ResMLP, gMLP's spatial gating unit) maps the sequence of every feature alike: the features
+pass through it, and its weights live in a token space of their own, from fixed position nodes ("token")
+through hidden units ("neuron", where only another linear along tokens reads them) to fixed output
+positions ("token", with its bias); any other layer along tokens is refused.
+
+The map is a bijection: :func:`from_neuron_graph` returns every parameter (and batch-norm running
+statistics) exactly, and permuting the hidden neurons of a network (a symmetry that leaves its function
+unchanged) permutes the graph's nodes and nothing else.
 
 Structure (edge indices) is built on the parameters' device, so a ``meta`` model gives node and edge
 counts of even the largest GPT-2 without allocating anything.
@@ -157,6 +162,11 @@ class _Builder:
         self.sets: dict[int, Tensor] = {}  # op index -> node ids of its output features
         self.layouts: dict[int, Tensor] = {}  # op index -> node of each element of its output (broadcastable)
         self.scores: set[int] = set()  # ops whose output is attention scores (one head node per row)
+        # Token space (see _token_linear): op index -> the token node of each element of its output, where a
+        # linear along tokens wrote it; token nodes read by a later linear along tokens, and those read otherwise.
+        self.token_layouts: dict[int, Tensor] = {}
+        self.read_along_tokens: set[int] = set()
+        self.read_otherwise: set[int] = set()
         self.pieces: dict[int, list[tuple[str | None, int]]] = {}  # concatenations of parameters: a bias
         self.producer: dict[int, Op] = {}  # first node id of a set -> op that created it
         self.with_norm: set[int] = set()  # first node ids of sets a batch norm was attached to
@@ -230,15 +240,14 @@ class _Builder:
         if not shape or shape[axis] != len(nodes):
             self.sets[op.index] = nodes  # a scalar or an output laid out otherwise: read as a plain set
             return
-        view = [1] * len(shape)
-        view[axis] = len(nodes)
-        self.emit(op, nodes.view(view), nodes)
+        self.emit(op, _laid_along(nodes, len(shape), axis), nodes)
 
-    def layout(self, op: Op, position: int) -> Tensor | None:
+    def layout(self, op: Op, position: int, layouts: dict[int, Tensor] | None = None) -> Tensor | None:
         """The node of each element of what op reads at ``position``: its producer's layout with the
-        data-moving calls in between replayed on it; None when the producer is a model input."""
+        data-moving calls in between replayed on it; None when the producer is a model input. With
+        ``layouts``, the same for another kind of layout (the token layouts)."""
         producer = self.ir.ops[op.sources[position]]
-        base = self.layouts.get(producer.index)
+        base = (self.layouts if layouts is None else layouts).get(producer.index)
         steps = op.views[position]
         if base is None:
             return None
@@ -249,20 +258,20 @@ class _Builder:
             tensor = step.apply(tensor)
         return _compact(tensor) if steps else tensor
 
-    def features(self, op: Op, position: int, axis: int) -> Tensor:
-        """The node of each position along ``axis`` of what op reads at ``position``, which must be the same
-        at every position of the other axes (a layer reads features, not tokens)."""
-        layout = self.layout(op, position)
+    def features(self, op: Op, position: int, axis: int, layout: Tensor | None = None) -> Tensor:
+        """The node of each position along ``axis`` of what op reads at ``position`` (whose ``layout`` may
+        be given), which must be the same at every position of the other axes (a layer reads features)."""
+        layout = self.layout(op, position) if layout is None else layout
         if layout is None:
             return self.sets[op.sources[position]]
         shape = op.in_shapes[position]
-        lines = layout.movedim(axis, -1)
-        lines = lines.expand(*lines.shape[:-1], shape[axis]).reshape(-1, shape[axis])
+        lines = _lines(layout, shape, axis)
         if not (lines == lines[:1]).all():
             self._unsupported(
                 op,
-                f"mixing along tokens (as in MLP-Mixer): axis {axis % len(shape)} of its input {tuple(shape)} "
-                "does not hold features, which change along another axis (the activation had its axes swapped)",
+                f"a '{op.kind}' along tokens: axis {axis % len(shape)} of its input {tuple(shape)} does not hold "
+                "features, which change along another axis; only a linear layer may mix tokens, one feature at "
+                "a time",
             )
         if (lines[0] < 0).any():
             self._unsupported(op, "an input padded along its features")
@@ -295,6 +304,7 @@ class _Builder:
         if op.kind in ("linear", "conv", "embedding") and set(op.params) - {"weight", "bias"}:
             self._unsupported(op, f"a '{op.kind}' reading parameters {', '.join(op.params.values())}")
         handler(op)
+        self._track_token_space(op)
         if op.sources and any(source in self.scores for source in op.sources) and op.kind != "matmul":
             self.scores.add(op.index)  # masked, scaled, biased or normalized attention scores
 
@@ -341,14 +351,53 @@ class _Builder:
         return (shape[1], shape[0]) if op.attrs.get("weight_layout") == "in_out" else (shape[0], shape[1])
 
     def _linear(self, op: Op) -> None:
-        rows, _ = self._weight_matrix_shape(op)
-        out = self.new_nodes(rows, "neuron")
+        rows, cols = self._weight_matrix_shape(op)
         axis = op.attrs.get("feature_axis", -1)  # -2 for W @ x
-        src = _runs(op, self.features(op, 0, axis))
+        layout = self.layout(op, 0)
+        along_tokens = layout is not None and _holds_tokens(layout, op.in_shapes[0], axis)
+        if along_tokens:
+            src, out = self._token_inputs(op, axis, cols), self.new_nodes(rows, "token")
+        else:
+            out = self.new_nodes(rows, "neuron")
+            src = _runs(op, self.features(op, 0, axis, layout))
         self.dense(op, op.params["weight"], src, out, op.attrs.get("weight_layout") == "in_out")
         for position in range(1, len(op.sources)):
             self._bias_pieces(op, op.sources[position], out)
-        self._finish_neurons(op, out, axis)
+        if along_tokens:
+            self._finish_token_linear(op, layout, out, axis)
+        else:
+            self._finish_neurons(op, out, axis)
+
+    # A linear layer along tokens (MLP-Mixer's and ResMLP's token mixing, gMLP's spatial gating unit) applies one
+    # map to the sequence of every feature. Its neurons live in a token space of their own: it reads fixed position
+    # nodes ("token"), or the token nodes of a linear along tokens before it, and writes one node per row of its
+    # weight, which carries its bias. The features pass through it: feature i of its output is feature i of its
+    # input. Its output nodes are hidden units ("neuron", permutable) where only another linear along tokens reads
+    # them, as in a token-mixing MLP, and fixed positions ("token") where the sequence is read by anything else.
+    def _token_inputs(self, op: Op, axis: int, count: int) -> Tensor:
+        """The token nodes a linear along tokens reads: new position nodes, or those a linear along tokens wrote."""
+        tokens = self.layout(op, 0, self.token_layouts)
+        if tokens is None:
+            return self.new_nodes(count, "token")
+        lines = _lines(tokens, op.in_shapes[0], axis)
+        if not (lines == lines[:1]).all():
+            self._unsupported(op, "reading token nodes that change along features")
+        self.read_along_tokens.update(lines[0].tolist())
+        return lines[0]
+
+    def _finish_token_linear(self, op: Op, layout: Tensor, out: Tensor, axis: int) -> None:
+        if "bias" in op.params:
+            self.set_values(op.params["bias"], out, _BIAS)
+        self.emit(op, layout)  # the features, constant along the token axis, broadcast to the output
+        self.token_layouts[op.index] = _compact(_laid_along(out, len(op.out_shape), axis))
+
+    def _track_token_space(self, op: Op) -> None:
+        """Token nodes an op reads without carrying them on (a residual sum, a product, a model output) are
+        positions of the sequence: they stay fixed."""
+        if op.index in self.token_layouts:
+            return
+        for source in set(op.sources) & self.token_layouts.keys():
+            self.read_otherwise.update(self.token_layouts[source].reshape(-1).tolist())
 
     def _bias_pieces(self, op: Op, source: int, out: Tensor) -> None:
         """A bias concatenated from parameters and constants (EVA's and BEiT's q/v biases around a zero
@@ -428,6 +477,9 @@ class _Builder:
             self.sets[op.index] = self.sets[op.sources[0]]
         elif _broadcasts(layout.shape, op.out_shape):
             self.emit(op, layout)
+            tokens = self.layout(op, 0, self.token_layouts)
+            if tokens is not None and _broadcasts(tokens.shape, op.out_shape):
+                self.token_layouts[op.index] = tokens  # an activation between two linears along tokens
         else:  # a reduction or pooling that dropped or resized axes (NCHW, NHWC or tokens): features stay
             varying = [axis for axis, size in enumerate(_compact(layout).shape) if size > 1]
             features = self.features(op, 0, varying[0] if len(varying) == 1 else -1)
@@ -478,7 +530,28 @@ class _Builder:
         return layout.reshape(-1)
 
     def _add(self, op: Op) -> None:
-        self._elementwise(op, "sum", _BIAS)
+        if not self._token_bias(op):
+            self._elementwise(op, "sum", _BIAS)
+
+    def _token_bias(self, op: Op) -> bool:
+        """``W @ x + b[:, None]``: a parameter added along the tokens of a linear along tokens that has no bias
+        of its own is its bias, on its token nodes; the layouts pass through."""
+        if len(op.params) != 1 or len(op.sources) != 1 or op.sources[0] not in self.token_layouts:
+            return False
+        tokens = self.layout(op, 0, self.token_layouts)
+        name = next(iter(op.params.values()))
+        shape = op.attrs.get("read_shapes", {}).get(name, self.state[name].shape)
+        varying = [size > 1 for size in (1,) * (len(op.out_shape) - len(shape)) + tuple(shape)]
+        if varying != [size > 1 for size in tokens.shape]:
+            return False
+        nodes = tokens.reshape(-1)
+        placed = (p for p in self.placements if isinstance(p, NodePlacement) and p.slot == _BIAS)
+        if any(torch.isin(p.nodes, nodes).any() for p in placed):
+            self._unsupported(op, f"a second bias '{name}' along tokens")
+        self.set_values(name, nodes, _BIAS)
+        self.emit(op, self.layout(op, 0))
+        self.token_layouts[op.index] = tokens
+        return True
 
     def _mul(self, op: Op) -> None:
         self._elementwise(op, "scale", _WEIGHT)
@@ -491,6 +564,8 @@ class _Builder:
         if value.numel() == len(out):
             self.set_values(name, out, slot)
             return
+        if value.numel() % len(out):
+            self._unsupported(op, f"parameter '{name}' of {tuple(value.shape)} on {len(out)} features")
         positions = self.new_nodes(value.numel() // len(out), "token")
         heads_first = value.dim() == 2 and value.shape[0] == len(out) != value.shape[1]
         self.dense(op, name, positions, out, transposed=not heads_first)
@@ -651,6 +726,10 @@ class _Builder:
         node_type = torch.cat(self.node_types) if self.node_types else torch.zeros(0, dtype=torch.long)
         for index in self.ir.outputs:
             node_type[self.sets[index]] = _NODE_TYPE["output"]
+            if index in self.token_layouts:
+                self.read_otherwise.update(self.token_layouts[index].reshape(-1).tolist())
+        hidden = sorted(self.read_along_tokens - self.read_otherwise)
+        node_type[torch.tensor(hidden, dtype=torch.long)] = _NODE_TYPE["neuron"]  # hidden units of a token MLP
         dtype = next((v.dtype for v in self.state.values() if v.is_floating_point()), torch.float32)
         x = torch.zeros(self.num_nodes, len(NODE_SLOTS), dtype=dtype, device=self.device)
         for nodes, slot, values in self.node_values:
@@ -675,6 +754,25 @@ _HANDLED = frozenset(
     {"input", "linear", "conv", "embedding", "layer_norm", "group_norm", "rms_norm", "batch_norm", "add", "mul",
      "concat", "attention", "matmul"}
 )  # fmt: skip
+
+
+def _laid_along(nodes: Tensor, rank: int, axis: int) -> Tensor:
+    """``nodes`` as a layout of ``rank`` axes that varies along ``axis`` only."""
+    view = [1] * rank
+    view[axis] = len(nodes)
+    return nodes.view(view)
+
+
+def _lines(layout: Tensor, shape: tuple[int, ...], axis: int) -> Tensor:
+    """The nodes along ``axis`` of a tensor of ``shape`` laid out as ``layout``, one row per position of the others."""
+    lines = layout.movedim(axis, -1)
+    return lines.expand(*lines.shape[:-1], shape[axis]).reshape(-1, shape[axis])
+
+
+def _holds_tokens(layout: Tensor, shape: tuple[int, ...], axis: int) -> bool:
+    """Whether ``axis`` of an input laid out as ``layout`` holds tokens: the features change along another axis
+    and stay the same along this one."""
+    return shape[axis] > 1 and layout.shape[axis] == 1 and layout.numel() > 1
 
 
 def _compact(layout: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import types
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
@@ -59,6 +60,16 @@ _TRANSPOSES = frozenset({"t", "T", "mT", "transpose", "swapaxes", "swapdims", "p
 # Python-level torch functions that dispatch to a mode as one call but are built from vocabulary ops:
 # the recorder runs their body under the mode so that their linears and attention are recorded.
 _COMPOSITES = frozenset({"multi_head_attention_forward"})
+
+
+def _addcmul(input: torch.Tensor, tensor1: torch.Tensor, tensor2: torch.Tensor, *, value: float = 1) -> torch.Tensor:
+    product = tensor1 * tensor2
+    return input + (product if value == 1 else product * value)
+
+
+# Fused arithmetic that reads parameters (timm ResMLP's Affine is ``addcmul(beta, alpha, x)``): run as the
+# vocabulary ops it fuses, so that each parameter is an operand of its own ``mul`` or ``add``.
+_DECOMPOSITIONS = {"addcmul": _addcmul}
 
 # Functions that centre their input: a module using one is not an RMS norm (a LayerNorm written by hand).
 _SUBTRACTIONS = frozenset({"sub", "sub_", "__sub__", "__rsub__", "__isub__", "var", "var_mean", "std"})
@@ -134,7 +145,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.model = model
         self.param_names = {id(p): name for name, p in model.named_parameters()}
-        self.param_sizes = {name: p.numel() for name, p in model.named_parameters()}
+        self.param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
         self.module_names = {id(m): name for name, m in model.named_modules()}
         self.stack: list[tuple[nn.Module, str | None, int]] = []  # (module, kind if recorded whole, first op inside)
         self.ops: list[Op] = []
@@ -223,9 +234,10 @@ class _Recorder(TorchFunctionMode):
             return func(*args, **kwargs)
         if name in _MATMULS:  # whichever side it is on, a parameter operand is the weight
             sources = [("weight" if tag[0] == _PARAM else "input", t, tag) for _, t, tag in sources]
-        if name in _COMPOSITES:
+        if name in _COMPOSITES or name in _DECOMPOSITIONS:
             with self:
-                return _without_dispatch(func)(*args, **kwargs)
+                body = _DECOMPOSITIONS[name] if name in _DECOMPOSITIONS else _without_dispatch(func)
+                return body(*args, **kwargs)
         result = func(*args, **kwargs)
         if name in PASS_THROUGH:
             self._pass_through(func, name, sources[0], result, args, kwargs)
@@ -361,11 +373,13 @@ class _Recorder(TorchFunctionMode):
                 op.sources.append(tag[1])
                 op.views.append(self.chains.get(id(tensor), ()))
         op.params = params
-        sliced = [
-            tag[1] for _, tensor, tag in sources if tag[0] == _PARAM and tensor.numel() < self.param_sizes[tag[1]]
-        ]
+        read = [(tag[1], tensor) for _, tensor, tag in sources if tag[0] == _PARAM]
+        sliced = [name for name, tensor in read if tensor.numel() < math.prod(self.param_shapes[name])]
         if sliced:
             op.attrs["sliced"] = sliced  # reads part of a parameter (a split of a fused projection)
+        reshaped = {name: tuple(t.shape) for name, t in read if tuple(t.shape) != self.param_shapes[name]}
+        if reshaped:
+            op.attrs["read_shapes"] = reshaped  # ``b[:, None]``: which axes of the activation a parameter spans
         first = next(_tensors(result), None)
         op.out_shape = tuple(first.shape) if first is not None else ()
         return op
