@@ -19,6 +19,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .conv1d import Magnitude, customized_pruners, is_conv1d, pruner_options
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
 
@@ -100,9 +101,9 @@ def importance(method: Method) -> tp.importance.Importance:
     mean-normalized per group so that global pruning can compare layers.
     """
     if method == "group_norm":
-        return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+        return Magnitude(p=2, group_reduction="mean", normalizer="mean")
     if method == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer="mean")
+        return Magnitude(p=1, group_reduction="first", normalizer="mean")
     if method == "random":
         return tp.importance.RandomImportance()
     raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
@@ -253,6 +254,7 @@ def sparse_regularizer(
             num_heads=_attention_heads(model),
             in_channel_groups={},
             out_channel_groups={},
+            **pruner_options(),
         )
     model.train(was_training)
 
@@ -324,6 +326,7 @@ def _pruner(
         prune_head_dims=False,
         in_channel_groups={},
         out_channel_groups={},
+        **pruner_options(),
     )
 
 
@@ -339,7 +342,9 @@ def _prune_heads(
     layers = [m for m in attention_modules(model) if m.qkv not in ignored and m.proj not in ignored]
     if not layers:
         raise ValueError("head_ratio needs a model with timm-style attention layers (.qkv, .proj and .num_heads)")
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=example_inputs, customized_pruners=customized_pruners()
+    )
     for attn in layers:
         heads, dim = attn.num_heads, attn.head_dim
         removed = math.ceil(ratio * heads)
@@ -383,7 +388,9 @@ def _kept_whole(model: nn.Module) -> list[str]:
         if isinstance(module, nn.Embedding):
             kept.append(name)
         elif type(module).__name__.endswith("Attention") and not is_attention(module):
-            kept += [f"{name}.{child}" for child, m in module.named_modules() if isinstance(m, nn.Linear)]
+            kept += [
+                f"{name}.{child}" for child, m in module.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)
+            ]
     return kept
 
 

@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from hypernets.checkpoint import json_text, load_state_strict, read_json
+from hypernets.writers import _tied as tied_parameters  # {alias: stored name}
+from metaprune.conv1d import is_conv1d
 from metaprune.population import CONFIG_FILE, WEIGHTS_FILE, build_from_config
 from metaprune.prune import is_attention, set_num_heads
 
@@ -39,7 +41,8 @@ def save_pruned(
     if (spec is None) == (config is None):
         raise ValueError("save_pruned needs exactly one of spec= and config=: what the model was pruned from")
     directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tied = tied_parameters(model)  # stored once: safetensors refuses shared tensors (GPT-2's embedding and head)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
     save_file(state, directory / WEIGHTS_FILE)
     record = {
         "format": FORMAT,
@@ -47,6 +50,7 @@ def save_pruned(
         "config": config,
         **(extra or {}),
         "shapes": {name: list(tensor.shape) for name, tensor in state.items()},
+        "tied": tied,
     }
     (directory / CONFIG_FILE).write_text(json_text(record))
 
@@ -71,6 +75,7 @@ def load_pruned(spec_or_model: str | nn.Module | None, directory: str | os.PathL
     else:
         model = build_from_config(record["config"], record_path)
     state = load_file(weights_path)
+    state.update({alias: state[name] for alias, name in record.get("tied", {}).items() if name in state})
     resize_to(model, state)
     load_state_strict(model, state, weights_path)
     return model.eval()
@@ -78,7 +83,9 @@ def load_pruned(spec_or_model: str | nn.Module | None, directory: str | os.PathL
 
 def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Give every parameter and buffer named in ``state`` that tensor's shape, and update the layer
-    attributes that describe the shape (channels, features), so the model runs at the pruned size."""
+    attributes that describe the shape (channels, features), so the model runs at the pruned size. A parameter
+    reachable under several names (tied) is replaced by one new parameter under all the names ``state`` gives."""
+    replaced: dict[int, nn.Parameter] = {}
     for name, tensor in state.items():
         owner, _, attribute = name.rpartition(".")
         module = model.get_submodule(owner)
@@ -86,7 +93,9 @@ def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if current is None or current.shape == tensor.shape:
             continue
         if isinstance(current, nn.Parameter):
-            setattr(module, attribute, nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad))
+            if id(current) not in replaced:
+                replaced[id(current)] = nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad)
+            setattr(module, attribute, replaced[id(current)])
         else:
             module.register_buffer(attribute, torch.empty_like(tensor))
     for module in model.modules():
@@ -100,6 +109,8 @@ def _update_size_attributes(module: nn.Module) -> None:
         module.in_channels = module.weight.shape[in_dim] * (1 if module.transposed else module.groups)
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
+    elif is_conv1d(module):  # transformers' Conv1D: weight [in, out]
+        module.nx, module.nf = module.weight.shape
     elif isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
         module.num_features = module.running_mean.shape[0]
     elif isinstance(module, nn.LayerNorm) and module.weight is not None:
