@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hypernets.continual.benchmarks import PIXELS, permutation, permuted_mnist, split_mnist
-from hypernets.continual.experiment import Experiment, run
+from hypernets.continual.experiment import Experiment, run, run_to
 from hypernets.continual.hypernet import ChunkedHypernet, LoGAHTaskHypernet, target_mlp
 from hypernets.continual.metrics import average_accuracy, backward_transfer, forgetting, summarize
 from hypernets.continual.regularizer import OutputRegularizer, adam_step
@@ -54,6 +54,8 @@ def test_split_tasks_hold_exactly_their_two_digits() -> None:
     images, labels = load_mnist("train").tensors
     images = images.reshape(len(images), PIXELS)
     assert [t.name for t in benchmark.tasks] == ["0v1", "2v3", "4v5", "6v7", "8v9"]
+    assert [t.classes for t in benchmark.tasks] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert benchmark.total_classes == 10 and [t.name for t in split_mnist(2).tasks] == ["0v1", "2v3"]
     for task, (first, second) in zip(benchmark.tasks, [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)], strict=True):
         assert len(task.train_y) == ((labels == first) | (labels == second)).sum()
         assert task.train_y.sum() == (labels == second).sum()
@@ -123,7 +125,7 @@ def test_lookahead_previews_the_exact_adam_step() -> None:
 
 def test_regularized_hypernet_forgets_less_than_finetuning(one_thread, tmp_path) -> None:
     common = dict(benchmark="permuted", num_tasks=2, steps=300, batch_size=64, target_hidden=64)
-    hypernet = run(Experiment(method="hypernet", beta=0.05, lookahead=True, chunk_size=2048, **common), tmp_path)
+    hypernet = run_to(Experiment(method="hypernet", beta=0.05, lookahead=True, chunk_size=2048, **common), tmp_path)
     finetune = run(Experiment(method="finetune", **common))
     assert hypernet["matrix"][0][1] is None and hypernet["matrix"][0][0] > 80
     assert hypernet["forgetting"] < 1.0

@@ -83,11 +83,12 @@ def rotation_angle(task: int, num_tasks: int) -> float:
 
 
 def rotate(images: Tensor, degrees: float) -> Tensor:
-    """``[n, 784]`` images turned counter-clockwise about their centre (bilinear, zeros outside)."""
+    """``[n, 784]`` images turned counter-clockwise as displayed (rows downward) about their centre;
+    bilinear, zeros outside. 90 degrees is ``rot90`` of the ``28 x 28`` image."""
     angle = torch.tensor(degrees * torch.pi / 180)
     cos, sin = torch.cos(angle).item(), torch.sin(angle).item()
     # affine_grid maps output coordinates to input ones: the inverse rotation
-    theta = torch.tensor([[cos, sin, 0.0], [-sin, cos, 0.0]]).expand(len(images), 2, 3)
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]]).expand(len(images), 2, 3)
     square = images.reshape(len(images), 1, SIDE, SIDE)
     grid = F.affine_grid(theta, list(square.shape), align_corners=False)
     return F.grid_sample(square, grid, align_corners=False).reshape(len(images), PIXELS)

@@ -8,7 +8,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 
-from hypernets.command import UsageError, check_output, integer, number, positive, seed
+from hypernets.command import HelpFormatter, UsageError, check_output, integer, number, positive, seed
 from hypernets.continual.names import FULL_LENGTH, GRID_METHODS, SETTINGS
 
 EXAMPLES = """\
@@ -58,50 +58,50 @@ def add_continual_parser(commands: argparse._SubParsersAction, parents: list[arg
         "average accuracy, backward transfer, forgetting and (class setting) task-inference accuracy as\n"
         "mean ± std over seeds, with the accuracy matrices as heat maps.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--method",
         type=names(tuple(GRID_METHODS), "method"),
-        default=["hypernet", "ewc", "si", "finetune"],
+        default="hypernet,ewc,si,finetune",
         metavar="A,B",
-        help=f"methods: {', '.join(GRID_METHODS)} (default: hypernet,ewc,si,finetune)",
+        help=f"methods: {', '.join(GRID_METHODS)}",
     )
     p.add_argument(
         "--benchmark",
         type=names(tuple(FULL_LENGTH), "benchmark"),
-        default=["split"],
+        default="split",
         metavar="A,B",
         help="permuted (Permuted-MNIST-10), split (Split-MNIST, 5 digit pairs), rotated "
-        "(Rotated-MNIST-10, 0-162 degrees) (default: split)",
+        "(Rotated-MNIST-10, 0-162 degrees)",
     )
     p.add_argument(
         "--setting",
         type=names(SETTINGS, "setting"),
-        default=["task"],
+        default="task",
         metavar="A,B",
-        help="task (task id given at test time) or class (not given) (default: task)",
+        help="task (task id given at test time) or class (not given)",
     )
-    p.add_argument("--seeds", type=seeds, default=[0, 1, 2], metavar="S,T", help="seeds (default: 0,1,2)")
-    p.add_argument("--steps", type=positive, default=500, help="optimizer steps per task (default: 500)")
-    p.add_argument("--batch-size", type=integer(1, 100_000), default=128, help="examples per step (default: 128)")
-    p.add_argument("--lr", type=number(0, 1, above=True), default=1e-3, help="Adam learning rate (default: 0.001)")
+    p.add_argument("--seeds", type=seeds, default="0,1,2", metavar="S,T", help="seeds")
+    p.add_argument("--steps", type=positive, default=500, help="optimizer steps per task")
+    p.add_argument("--batch-size", type=integer(1, 100_000), default=128, help="examples per step")
+    p.add_argument("--lr", type=number(0, 1, above=True), default=1e-3, help="Adam learning rate")
     p.add_argument(
         "--num-tasks",
         type=integer(0, 100),
         default=0,
         metavar="N",
-        help="first N tasks of each benchmark (default: 0, all: 10 permuted/rotated, 5 split)",
+        help="first N tasks of each benchmark; 0: all (10 permuted and rotated, 5 split)",
     )
-    p.add_argument("--beta", type=number(0), default=0.01, help="hypernet output regularizer (default: 0.01)")
-    p.add_argument("--ewc-lambda", type=number(0), default=1e4, help="EWC penalty strength (default: 10000)")
-    p.add_argument("--si-c", type=number(0), default=1.0, help="SI penalty strength (default: 1)")
+    p.add_argument("--beta", type=number(0), default=0.01, help="hypernet output regularizer")
+    p.add_argument("--ewc-lambda", type=number(0), default=1e4, help="EWC penalty strength")
+    p.add_argument("--si-c", type=number(0), default=1.0, help="SI penalty strength")
     p.add_argument(
         "--threads",
         type=integer(1, 4096),
         default=1,
         metavar="N",
-        help="torch CPU threads (default: 1; these networks are small)",
+        help="torch CPU threads (these networks are small: more threads only contend)",
     )
     p.add_argument("--out", metavar="DIR", help="directory for the runs, heat maps and results")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")

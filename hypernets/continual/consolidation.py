@@ -87,7 +87,7 @@ class SI:
     ``Omega += omega / (Delta^2 + damping)`` per task: ``omega = -sum_steps g * dtheta`` (``g`` the task
     loss's gradient) is the path integral, ``Delta`` the weight's change over the task."""
 
-    def __init__(self, strength: float, damping: float = 0.1) -> None:
+    def __init__(self, strength: float, damping: float = 1e-3) -> None:
         self.strength, self.damping = strength, damping
         self.importance: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
