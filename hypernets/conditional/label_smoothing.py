@@ -7,6 +7,7 @@ model trained once has to get right at every point, not only on average.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hypernets.conditional.model import Hypernetized
 from hypernets.data import LabeledTensorDataset
 
 MAX_SMOOTHING = 0.5  # c = 1 smooths half the target mass over the other classes
@@ -42,8 +42,10 @@ class TrainSettings:
 
 
 def logits(model: nn.Module, images: Tensor, condition: float) -> Tensor:
-    """A hypernetized model reads the condition; a plain one was trained at a single value and ignores it."""
-    return model(images, condition=condition) if isinstance(model, Hypernetized) else model(images)
+    """A conditioned model (one whose ``forward`` takes ``condition``: a Hypernetized one, or another library's
+    hypernetwork in the benchmark) reads the condition; a plain one was trained at a single value and ignores it."""
+    takes_condition = "condition" in inspect.signature(model.forward).parameters
+    return model(images, condition=condition) if takes_condition else model(images)
 
 
 def smoothed_loss(model: nn.Module, images: Tensor, labels: Tensor, condition: float) -> Tensor:

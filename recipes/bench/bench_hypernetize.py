@@ -1,13 +1,17 @@
-"""Benchmark MIP against the plain parametrization of ``hypernetize`` on one task, with one hypernetwork body,
-over several seeds in one run: the label-smoothing-conditioned MNIST CNN of
-``recipes/hyperparameter_conditioned.py``, the same batches for both parametrizations at each seed.
+"""Benchmark ``hypernetize`` on one task, over several seeds in one run: MIP against the plain parametrization
+(same body), and against the ``hyperlight`` library (the MIP authors') with the same condition encoding and
+hypernetwork size. The task is the label-smoothing-conditioned MNIST CNN of
+``recipes/hyperparameter_conditioned.py``; at each seed every model sees the same batches and conditions.
 
 The probe loss is the training objective on 1,000 fixed training images less its floor (the entropy of
 the smoothed targets: what remains is the KL divergence from them, 0 for a perfect fit), averaged over
 c = 0, 0.25, 0.5, 0.75 and 1, and measured every ``--every`` steps. Prints, as mean ± std over seeds,
-the steps until it first falls to ``--threshold`` and its value after ``--steps``; then the size of the
-hypernetwork ``hypernetize`` builds for torchvision's resnet18. Writes ``metrics.jsonl`` (every curve)
-and ``probe_loss.png`` to ``--out``.
+the steps until it first falls to ``--threshold``, its value after ``--steps`` and the training time per
+step (probes excluded); then the hypernetworks both libraries build for torchvision's resnet18 in
+hyperlight's README example. Writes ``metrics.jsonl`` (every curve) and ``probe_loss.png`` to ``--out``.
+
+hyperlight is not a dependency of this project; install it for this benchmark only, without its pins:
+``pip install hyperlight --no-deps`` (0.0.5 needs nothing but torch). ``--models MIP plain`` runs without it.
 
     python recipes/bench/bench_hypernetize.py
     python recipes/bench/bench_hypernetize.py --steps 1000 --threshold 0.1 --seeds 0 1 2 3 4
@@ -16,6 +20,7 @@ and ``probe_loss.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -32,18 +37,54 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 import torchvision
+from torch import Tensor, nn
 from tqdm import tqdm
 
-from hypernets.conditional import Hypernetized, hypernetize
+from hypernets.conditional import HypernetizeConfig, Hypernetized, hypernetize
 from hypernets.conditional.label_smoothing import MAX_SMOOTHING, TrainSettings, small_cnn, smoothed_loss, train
 from hypernets.data import LabeledTensorDataset, load_mnist
 
 PROBE_CONDITIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PROBE_IMAGES = 1000
+MODELS = ("MIP", "plain", "hyperlight")
+COLORS = {"MIP": "C0", "plain": "C1", "hyperlight": "C2"}
+INSTALL_HYPERLIGHT = "pip install hyperlight --no-deps"
+
+
+class HyperlightModel(nn.Module):
+    """hyperlight's way to condition ``module`` on a scalar in [0, 1]: every parameter made external, predicted by
+    its ``HyperNet`` (cos/sin input, ``theta0`` as the output layer's bias, taken from the module's own fresh
+    values as ``from_existing``), the same trunk as ours; the predicted values set with ``using_externals``."""
+
+    def __init__(self, module: nn.Module, hidden: int, layers: int) -> None:
+        import hyperlight as hl  # only for this benchmark
+
+        super().__init__()
+        self.mainnet, values = hl.hypernetize(module, parameters=list(module.parameters()), return_values=True)
+        self.hypernet = hl.HyperNet.from_existing(values, input_shapes={"c": (1,)}, hidden_sizes=[hidden] * layers)
+
+    def forward(self, images: Tensor, *, condition: float) -> Tensor:
+        predicted = self.hypernet(c=torch.tensor([float(condition)]))
+        with self.mainnet.using_externals(predicted):
+            return self.mainnet(images)
+
+
+def build(name: str) -> nn.Module:
+    """One of :data:`MODELS` for the small CNN, all with the default 2-layer, 64-wide MLP trunk."""
+    if name == "hyperlight":
+        defaults = HypernetizeConfig()
+        return HyperlightModel(small_cnn(), defaults.hidden, defaults.layers)
+    return hypernetize(small_cnn(), body="mlp", mip=name == "MIP")
+
+
+def hypernet_size(model: nn.Module) -> int:
+    """The hypernetwork's parameters, ``theta0`` included; not the parameters a Hypernetized module keeps."""
+    params = model.hypernet_parameters() if isinstance(model, Hypernetized) else model.parameters()
+    return sum(p.numel() for p in params)
 
 
 @torch.no_grad()
-def probe_loss(model: Hypernetized, probe: LabeledTensorDataset) -> float:
+def probe_loss(model: nn.Module, probe: LabeledTensorDataset) -> float:
     losses = (smoothed_loss(model, *probe.tensors, c).item() - target_entropy(c) for c in PROBE_CONDITIONS)
     return statistics.fmean(losses)
 
@@ -55,13 +96,13 @@ def target_entropy(condition: float, classes: int = 10) -> float:
     return -sum(p * math.log(p) for p in probabilities if p > 0)
 
 
-def curve(mip: bool, seed: int, settings: TrainSettings, data: LabeledTensorDataset, every: int) -> dict:
+def curve(name: str, seed: int, settings: TrainSettings, data: LabeledTensorDataset, every: int) -> dict:
     """One training run's probe-loss curve ``[(step, loss)]``, hypernetwork size and seconds per step."""
     torch.manual_seed(seed)
-    model = hypernetize(small_cnn(), mip=mip)
+    model = build(name)
     probe = LabeledTensorDataset(data.images[:PROBE_IMAGES], data.labels[:PROBE_IMAGES], data.classes)
     points = [(0, probe_loss(model, probe))]
-    bar = tqdm(total=settings.steps, desc=f"{'MIP' if mip else 'plain'} seed {seed}", file=sys.stderr, leave=False)
+    bar = tqdm(total=settings.steps, desc=f"{name} seed {seed}", file=sys.stderr, leave=False)
     training = 0.0
     last = time.perf_counter()
 
@@ -75,12 +116,11 @@ def curve(mip: bool, seed: int, settings: TrainSettings, data: LabeledTensorData
 
     train(model, data, settings, callback=record)
     bar.close()
-    size = sum(p.numel() for p in model.hypernet_parameters())
     return {
-        "mip": mip,
+        "model": name,
         "seed": seed,
         "points": points,
-        "parameters": size,
+        "parameters": hypernet_size(model),
         "ms_per_step": 1000 * training / settings.steps,
     }
 
@@ -94,28 +134,31 @@ def mean_std(values: list[float], digits: int) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
-def resnet18_sizes() -> list[tuple[str, int]]:
-    """Parameters of resnet18 and of the bodies hypernetize builds for it, counted on the meta device."""
+def resnet18_sizes(with_hyperlight: bool) -> list[tuple[str, int, int]]:
+    """hyperlight's README example: resnet18's convolution weights predicted from 10 numbers in [0, 1]. Rows of
+    (hypernetwork, its parameters, those less ``theta0``), counted on the meta device (nothing is allocated)."""
     with torch.device("meta"):
-        rows = [
-            ("resnet18 itself (= theta0 under MIP)", sum(p.numel() for p in torchvision.models.resnet18().parameters()))
-        ]
+        net = torchvision.models.resnet18()
+        convs = [f"{name}.weight" for name, layer in net.named_modules() if isinstance(layer, nn.Conv2d)]
+        theta0 = sum(net.get_parameter(name).numel() for name in convs)
+        rows = []
+        if with_hyperlight:
+            import hyperlight as hl
+
+            net = hl.hypernetize(net, modules=hl.find_modules_of_type(net, [nn.Conv2d]))
+            hypernet = hl.HyperNet({"h": (10,)}, net.external_shapes(), hidden_sizes=[16, 64, 128])
+            rows.append(("hyperlight HyperNet, hidden_sizes=[16, 64, 128]", hypernet_size(hypernet)))
         for body in ("auto", "mlp"):
-            model = hypernetize(torchvision.models.resnet18(), body=body, from_existing=True)
-            rows.append(
-                (
-                    f'body="{body}" ({model.config.body}, hidden {model.config.hidden})',
-                    sum(p.numel() for p in model.body.parameters()),
-                )
-            )
-    return rows
+            model = hypernetize(torchvision.models.resnet18(), convs, "scalar:10", body=body, from_existing=True)
+            rows.append((f'hypernetize, body="{body}" ({model.config.body}, hidden 64)', hypernet_size(model)))
+    return [(name, size, size - theta0) for name, size in rows]
 
 
 def plot(runs: list[dict], threshold: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for run in runs:
         steps, losses = zip(*run["points"], strict=True)
-        ax.plot(steps, losses, color="C0" if run["mip"] else "C1", alpha=0.8, label="MIP" if run["mip"] else "plain")
+        ax.plot(steps, losses, color=COLORS[run["model"]], alpha=0.8, label=run["model"])
     ax.axhline(threshold, color="gray", linestyle="--", linewidth=1)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
@@ -135,9 +178,13 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=0.15, help="probe loss to reach (default: %(default)s)")
     p.add_argument("--every", type=int, default=10, help="probe every this many steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/bench_hypernetize"))
     args = p.parse_args()
+    with_hyperlight = "hyperlight" in args.models
+    if with_hyperlight and importlib.util.find_spec("hyperlight") is None:
+        p.exit(2, f"--models hyperlight: hyperlight is not installed; `{INSTALL_HYPERLIGHT}` (benchmark only)\n")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data = load_mnist("train", normalize=True)
@@ -145,8 +192,8 @@ def main() -> None:
     with open(args.out / "metrics.jsonl", "w") as f:
         for seed in args.seeds:
             settings = TrainSettings(steps=args.steps, seed=seed)
-            for mip in (True, False):
-                runs.append(curve(mip, seed, settings, data, args.every))
+            for name in args.models:
+                runs.append(curve(name, seed, settings, data, args.every))
                 print(json.dumps(runs[-1]), file=f, flush=True)
     plot(runs, args.threshold, args.out / "probe_loss.png")
 
@@ -159,20 +206,20 @@ def main() -> None:
         f"probe loss after {args.steps} steps | ms/step |"
     )
     print("|---|---|---|---|---|")
-    for mip in (True, False):
-        mine = [run for run in runs if run["mip"] == mip]
+    for name in args.models:
+        mine = [run for run in runs if run["model"] == name]
         reached = [s for s in (steps_to(run["points"], args.threshold) for run in mine) if s is not None]
         steps = mean_std(reached, 0) if reached else "not reached"
         if reached and len(reached) < len(mine):
             steps += f" ({len(reached)} of {len(mine)} seeds; the others never)"
         final = mean_std([run["points"][-1][1] for run in mine], 3)
         speed = mean_std([run["ms_per_step"] for run in mine], 1)
-        print(f"| {'MIP' if mip else 'plain'} | {mine[0]['parameters']:,} | {steps} | {final} | {speed} |")
+        print(f"| {name} | {mine[0]['parameters']:,} | {steps} | {final} | {speed} |")
     print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std.\n")
-    print("| resnet18 | parameters |")
-    print("|---|---|")
-    for name, count in resnet18_sizes():
-        print(f"| {name} | {count:,} |")
+    print("| resnet18 conv weights from 10 conditions | hypernetwork parameters | less theta0 |")
+    print("|---|---|---|")
+    for name, size, body in resnet18_sizes(with_hyperlight):
+        print(f"| {name} | {size:,} | {body:,} |")
 
 
 if __name__ == "__main__":
