@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from hypernets.atomic import atomic_write, write_directory
 from hypernets.graph.inputs import Inputs
-from hypernets.nn.plan import TargetPlan
+from hypernets.nn.plan import TargetPlan, TensorEntry
 
 if TYPE_CHECKING:
     from hypernets.logah import LoGAH
@@ -104,8 +104,10 @@ def save_prediction(
         raise ValueError(f"format 'hf' needs a Hugging Face model; {type(model).__name__} is not one")
     start = time.perf_counter()
     graphs = hypernet.op_graphs([model], [inputs])
-    plans = TargetPlan.for_graphs(graphs, hypernet.config.max_ck, PART_VALUES)
-    predicted = [_Tensor(e.name, e.shape, dtype) for plan in plans for e in plan.entries]
+    # the tiled baseline repeats a tile across rows, which row blocks would not line up with
+    split_rows = hypernet.config.decoder == "lowrank"
+    plans = TargetPlan.for_graphs(graphs, hypernet.config.max_ck, PART_VALUES, split_rows=split_rows)
+    predicted = _whole_tensors([e for plan in plans for e in plan.entries], dtype)
     buffers = [] if format == "hf" else _buffers(model)
     tensors = predicted + [_Tensor(name, tuple(b.shape), b.dtype) for name, b in buffers]
     stream = _prefetched(_stream(hypernet, graphs, plans, dtype, buffers))
@@ -143,17 +145,36 @@ def load_predicted(model: nn.Module, path: str | os.PathLike, strict: bool = Tru
     return model
 
 
+def _whole_tensors(entries: Sequence[TensorEntry], dtype: torch.dtype) -> list[_Tensor]:
+    """The tensors the header lists, in decoding order: the row blocks of a matrix joined into one."""
+    tensors: list[_Tensor] = []
+    for e in entries:
+        if e.row_start:  # the next rows of the matrix before it
+            above = tensors.pop()
+            tensors.append(_Tensor(e.name, (above.shape[0] + e.rows, e.cols), dtype))
+        else:
+            tensors.append(_Tensor(e.name, e.shape, dtype))
+    return tensors
+
+
 def _stream(
     hypernet: LoGAH, graphs, plans: list[TargetPlan], dtype: torch.dtype, buffers: Sequence[tuple[str, Tensor]]
 ) -> Iterator[tuple[str, Tensor]]:
-    """``(name, tensor)`` in header order: the predicted parts as decoded, then the persistent buffers."""
+    """``(name, tensor)`` in header order: the predicted parts as decoded (a large matrix as consecutive row
+    blocks under its name), then the persistent buffers."""
     with torch.no_grad():
         for (part,) in hypernet.predictions(graphs, dtype, plans=plans):
             for name, tensor in part.items():
-                if not torch.isfinite(tensor).all():
+                if not _all_finite(tensor):
                     raise ValueError(f"the prediction of {name} in {dtype} holds NaN or infinite values (try float32)")
                 yield name, tensor
     yield from buffers
+
+
+def _all_finite(tensor: Tensor) -> bool:
+    """Whether every value is finite. A NaN or an infinity makes the sum NaN or infinite, so one reduction
+    (no bool copy of the tensor) answers; only a finite tensor whose sum overflows needs the full check."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _prefetched(items: Iterator[tuple[str, Tensor]], ahead: int = 2) -> Iterator[tuple[str, Tensor]]:
@@ -248,11 +269,19 @@ def _write_file(path: str | os.PathLike, tensors: Sequence[_Tensor], stream, met
     with open(path, "wb") as file:
         file.write(_header(tensors, metadata))
         for expected in tensors:
-            name, tensor = next(stream)
-            if (name, tuple(tensor.shape), tensor.dtype) != (expected.name, expected.shape, expected.dtype):
-                raise RuntimeError(f"decoded {name} {tuple(tensor.shape)} where the header has {expected}")
-            _write_tensor(file, tensor)
-            bar.update(expected.nbytes)
+            written = 0  # a large matrix comes as consecutive row blocks
+            while True:
+                name, tensor = next(stream)
+                if (name, tuple(tensor.shape[1:]), tensor.dtype) != (expected.name, expected.shape[1:], expected.dtype):
+                    raise RuntimeError(f"decoded {name} {tuple(tensor.shape)} where the header has {expected}")
+                _write_tensor(file, tensor)
+                nbytes = tensor.numel() * tensor.element_size()
+                written += nbytes
+                bar.update(nbytes)
+                if written >= expected.nbytes:
+                    break
+            if written != expected.nbytes:
+                raise RuntimeError(f"decoded {written} bytes of {expected.name} where the header has {expected}")
 
 
 def _write_tensor(file: BinaryIO, tensor: Tensor) -> None:

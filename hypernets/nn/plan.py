@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -54,10 +54,67 @@ class TensorEntry:
     base: float  # the constant a vector starts from (1 for norm weights, else 0)
     role: str = "weight"
     fan_in: int = 1  # inputs each output sums over (a table's width: what a tied head sums over)
+    row_start: int = 0  # a row block of a larger matrix (see row_blocks): its first row there,
+    whole_rows: int = 0  # and the rows of that matrix (0: a whole tensor)
+    stream: _BaseStream | None = field(default=None, compare=False, repr=False)  # shared by a matrix's row blocks
 
     @property
     def is_matrix(self) -> bool:
         return self.cols > 0
+
+    def base_generator(self, seed: int) -> torch.Generator:
+        """The generator of this tensor's random base, at the base's first value: seeded by the tensor's name
+        (the same base whatever batch the network is in); a row block continues the blocks above it."""
+        if self.stream is None:
+            return torch.Generator().manual_seed(seed ^ zlib.crc32(self.name.encode()))
+        return self.stream.at(self, seed)
+
+
+class _BaseStream:
+    """One random base drawn block after block: the row blocks of a matrix, decoded in order, take their
+    values from one generator, so together they hold exactly what one draw of the whole matrix gives (torch
+    draws normals from uniforms in aligned groups of 16, and every block but the last is a multiple of 16)."""
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator()
+        self.next_row = 0
+
+    def at(self, block: TensorEntry, seed: int) -> torch.Generator:
+        if block.row_start == 0:
+            self.generator.manual_seed(seed ^ zlib.crc32(block.name.encode()))
+        elif block.row_start != self.next_row:
+            raise RuntimeError(f"the row blocks of {block.name} must be decoded in order, once each")
+        self.next_row = block.row_start + block.rows
+        return self.generator
+
+
+def row_blocks(entry: TensorEntry, max_values: int, max_ck: int) -> list[TensorEntry]:
+    """A 2-D matrix of more than ``max_values`` values as blocks of whole rows (a multiple of ``max_ck``, each
+    at most ``max_values`` values where a ``max_ck`` block fits), ``[entry]`` otherwise. The rows of ``A B^T``
+    are independent: each block decodes the whole matrix's factors (a few MB), exactly as its own plan would,
+    and keeps its rows of ``A``, so the blocks decoded in order hold the whole matrix's values bit for bit."""
+    if not entry.is_matrix or len(entry.shape) != 2 or entry.rows * entry.cols <= max_values:
+        return [entry]
+    step = max(max_values // entry.cols // max_ck, 1) * max_ck
+    starts = list(range(0, entry.rows, step))
+    if (entry.rows - starts[-1]) * entry.cols < _NORMAL_GROUP:  # torch draws fewer than 16 normals differently
+        starts.pop()
+    stops = [*starts[1:], entry.rows]
+    stream = _BaseStream()
+    return [
+        replace(
+            entry,
+            shape=(stop - start, entry.cols),
+            rows=stop - start,
+            row_start=start,
+            whole_rows=entry.rows,
+            stream=stream,
+        )
+        for start, stop in zip(starts, stops, strict=True)
+    ]
+
+
+_NORMAL_GROUP = 16  # torch's CPU normal_ turns uniforms into normals 16 at a time (see _BaseStream)
 
 
 def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -120,30 +177,38 @@ class TargetPlan:
             tuple(e.cols for e in self.matrices),
             tuple(e.rows for e in self.vectors),
         )
-        self.a = _BlockRequests([(e.node, e.rows) for e in self.matrices], max_ck)
-        self.b = _BlockRequests([(e.node, e.cols) for e in self.matrices], max_ck)
-        self.v = _BlockRequests([(e.node, e.rows) for e in self.vectors], max_ck)
+        self.a = _BlockRequests([(e.node, e.rows, e.row_start, e.whole_rows or e.rows) for e in self.matrices], max_ck)
+        self.b = _BlockRequests([(e.node, e.cols, 0, e.cols) for e in self.matrices], max_ck)
+        self.v = _BlockRequests([(e.node, e.rows, 0, e.rows) for e in self.vectors], max_ck)
         self.matrix_kinds = torch.tensor([OP_KINDS.index(e.kind) for e in self.matrices], dtype=torch.long)
         self.vector_roles = torch.tensor([VECTOR_ROLES.index(e.role) for e in self.vectors], dtype=torch.long)
         self.vector_sizes = torch.tensor(self.layout.vector_sizes, dtype=torch.long)
 
     @classmethod
-    def for_graphs(cls, graphs: Sequence[Data], max_ck: int, max_values: int | None = None) -> list[TargetPlan]:
+    def for_graphs(
+        cls, graphs: Sequence[Data], max_ck: int, max_values: int | None = None, split_rows: bool = False
+    ) -> list[TargetPlan]:
         """Plans covering every tensor of ``graphs``: one, or as few as keep each under ``max_values``
         predicted values (a single tensor larger than that gets a plan of its own). Decoding plan by plan
-        bounds the memory that prediction needs beyond the predicted parameters themselves."""
+        bounds the memory that prediction needs beyond the predicted parameters themselves. ``split_rows``
+        cuts larger matrices into :func:`row_blocks`, each starting a plan, so that the blocks of a matrix
+        come out one after the other (for a caller that writes each block where it belongs)."""
         entries = plan_entries(graphs)
         if max_values is None:
             return [cls(entries, len(graphs), max_ck)]
+        if split_rows:
+            entries = [block for entry in entries for block in row_blocks(entry, max_values, max_ck)]
         groups: list[list[TensorEntry]] = [[]]
         size = 0
+        alone = False  # a row block has a plan of its own, as a matrix too large for a plan would
         for entry in entries:
             numel = math.prod(entry.shape)
-            if groups[-1] and size + numel > max_values:
+            if groups[-1] and (size + numel > max_values or alone or entry.stream is not None):
                 groups.append([])
                 size = 0
             groups[-1].append(entry)
             size += numel
+            alone = entry.stream is not None
         return [cls(group, len(graphs), max_ck) for group in groups]
 
     @property
@@ -177,8 +242,7 @@ class TargetPlan:
         """
         flat = torch.empty(self.layout.matrix_numel) if out is None else out
         for e, segment in zip(self.matrices, flat.split(self.matrix_numels), strict=True):
-            generator = torch.Generator().manual_seed(seed ^ zlib.crc32(e.name.encode()))
-            torch.randn(segment.numel(), generator=generator, out=segment).mul_(e.std)
+            torch.randn(segment.numel(), generator=e.base_generator(seed), out=segment).mul_(e.std)
         return flat
 
     @property
@@ -204,21 +268,23 @@ class _BlockRequests:
     on ``j``: wide tensors get distinct rows, never one chunk copied over and over (GHN-3 tiling).
     """
 
-    def __init__(self, sizes: Sequence[tuple[int, int]], max_ck: int) -> None:
+    def __init__(self, sizes: Sequence[tuple[int, int, int, int]], max_ck: int) -> None:
+        """``sizes``: per tensor, its node, its rows, and the first row and rows of the matrix it is a row
+        block of (``0`` and its rows for a whole tensor): a row block asks for every block of its matrix."""
         nodes, blocks, entries, index = [], [], [], []
-        for entry, (node, size) in enumerate(sizes):
+        for entry, (node, size, start, whole) in enumerate(sizes):
             first = len(nodes)
-            count = math.ceil(size / max_ck)
+            count = math.ceil(whole / max_ck)
             nodes += [node] * count
             blocks += range(count)
             entries += [entry] * count
-            index.append(torch.arange(size) + first * max_ck)
+            index.append(torch.arange(start, start + size) + first * max_ck)
         self.nodes = torch.tensor(nodes, dtype=torch.long)  # node each block is decoded from
         self.blocks = torch.tensor(blocks, dtype=torch.long)  # block number within its tensor
         self.entries = torch.tensor(entries, dtype=torch.long)  # tensor each block belongs to
         self.index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)  # packed row -> block row
         self.row_entries = torch.repeat_interleave(
-            torch.arange(len(sizes)), torch.tensor([s for _, s in sizes], dtype=torch.long)
+            torch.arange(len(sizes)), torch.tensor([s for _, s, _, _ in sizes], dtype=torch.long)
         )
 
     def __len__(self) -> int:
