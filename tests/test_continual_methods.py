@@ -86,6 +86,21 @@ def test_si_importance_is_the_path_integral_over_the_squared_distance() -> None:
     assert si.penalty(model).item() == pytest.approx(strength * omega / (w**2 + damping) * 0.04, rel=1e-4)
 
 
+def test_si_counts_a_path_that_raised_the_loss_as_unimportant() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    ascent = torch.optim.SGD(model.parameters(), lr=0.1, maximize=True)  # every step raises the loss: omega < 0
+    si = SI(strength=1.0)
+    for _ in range(3):
+        ascent.zero_grad()
+        (model.weight - 1).pow(2).sum().backward()
+        si.before_step(model)
+        ascent.step()
+        si.after_step(model)
+    assert si.omega["weight"].item() < 0
+    si.consolidate(model, lambda outputs: outputs, torch.zeros(0))
+    assert si.importance["weight"].item() == 0.0
+
+
 def test_entropy_task_inference_picks_the_most_confident_network() -> None:
     assert entropy(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))
     sure, unsure = torch.tensor([5.0, -5.0]), torch.tensor([0.1, 0.0])
@@ -143,7 +158,7 @@ def test_rotation_is_exact_at_right_angles_and_benchmark_angles_are_spaced() -> 
 @pytest.mark.parametrize("method", ["ewc", "si"])
 def test_consolidation_forgets_less_than_finetuning(one_thread, method: str) -> None:
     common = dict(benchmark="permuted", num_tasks=2, steps=200, batch_size=64, target_hidden=32)
-    strength = dict(ewc=dict(ewc_lambda=1e4), si=dict(si_c=10.0))[method]
+    strength = dict(ewc=dict(ewc_lambda=1e4), si=dict(si_c=100.0))[method]
     consolidated = run(Experiment(method=method, **common, **strength))
     finetune = run(Experiment(method="finetune", **common))
     assert consolidated["matrix"][0][0] > 80

@@ -95,7 +95,7 @@ def add_continual_parser(commands: argparse._SubParsersAction, parents: list[arg
     )
     p.add_argument("--beta", type=number(0), default=0.01, help="hypernet output regularizer")
     p.add_argument("--ewc-lambda", type=number(0), default=1e4, help="EWC penalty strength")
-    p.add_argument("--si-c", type=number(0), default=1.0, help="SI penalty strength")
+    p.add_argument("--si-c", type=number(0), default=100.0, help="SI penalty strength")
     p.add_argument(
         "--threads",
         type=integer(1, 4096),

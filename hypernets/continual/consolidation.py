@@ -85,9 +85,11 @@ class EWC:
 class SI:
     """``strength * sum_i Omega_i (theta_i - theta*_i)^2`` with ``theta*`` the end of the last task and
     ``Omega += omega / (Delta^2 + damping)`` per task: ``omega = -sum_steps g * dtheta`` (``g`` the task
-    loss's gradient) is the path integral, ``Delta`` the weight's change over the task."""
+    loss's gradient) is the path integral, ``Delta`` the weight's change over the task. A negative
+    ``omega`` (noisy Adam steps that raised the loss on balance) counts as 0: a negative importance would
+    turn the penalty's bowl into a ridge that pushes the weight away from its anchor without bound."""
 
-    def __init__(self, strength: float, damping: float = 1e-3) -> None:
+    def __init__(self, strength: float, damping: float = 0.1) -> None:
         self.strength, self.damping = strength, damping
         self.importance: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
@@ -117,6 +119,6 @@ class SI:
     def consolidate(self, network: nn.Module, head: Head, inputs: Tensor) -> None:
         end = _detached(network)
         for name, omega in self.omega.items():
-            gained = omega / ((end[name] - self.start[name]) ** 2 + self.damping)
+            gained = omega.clamp(min=0) / ((end[name] - self.start[name]) ** 2 + self.damping)
             self.importance[name] = self.importance.get(name, torch.zeros_like(gained)) + gained
         self.anchor, self.start = end, {}

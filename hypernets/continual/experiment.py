@@ -44,7 +44,7 @@ class Experiment:
     mip: bool = False
     residual: bool = False
     ewc_lambda: float = 1e4  # EWC: penalty strength
-    si_c: float = 1.0  # SI: penalty strength
+    si_c: float = 100.0  # SI: penalty strength
     target_hidden: int = 100  # width of the target MLP's two hidden layers
     chunk_size: int = 4096
     lr: float = 1e-3
