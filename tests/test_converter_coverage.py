@@ -1017,6 +1017,22 @@ def test_permuting_mixer_token_and_channel_neurons_permutes_nodes_only() -> None
         assert torch.equal(sigma[units], units[tokens])
 
 
+class Upsampling(nn.Module):
+    """A decoder's resize between two convs (MobileViT resizes its feature maps the same way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(F.interpolate(self.conv1(x), scale_factor=2.0, mode="bilinear"))
+
+
+def test_resizing_feature_maps_keeps_their_channels() -> None:
+    graph = _assert_round_trip(Upsampling(), (1, 3, 6, 6))
+    assert torch.equal(_reads(graph, "conv2.weight"), _nodes_of(graph, "conv1.bias"))
+
+
 class TokenNorm(nn.Module):
     def __init__(self) -> None:
         super().__init__()

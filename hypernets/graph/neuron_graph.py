@@ -162,7 +162,7 @@ class _Builder:
         self.sets: dict[int, Tensor] = {}  # op index -> node ids of its output features
         self.layouts: dict[int, Tensor] = {}  # op index -> node of each element of its output (broadcastable)
         self.scores: set[int] = set()  # ops whose output is attention scores (one head node per row)
-        # Token space (see _token_linear): op index -> the token node of each element of its output, where a
+        # Token space (see _token_inputs): op index -> the token node of each element of its output, where a
         # linear along tokens wrote it; token nodes read by a later linear along tokens, and those read otherwise.
         self.token_layouts: dict[int, Tensor] = {}
         self.read_along_tokens: set[int] = set()
@@ -267,11 +267,14 @@ class _Builder:
         shape = op.in_shapes[position]
         lines = _lines(layout, shape, axis)
         if not (lines == lines[:1]).all():
+            where = f"axis {axis % len(shape)} of its input {tuple(shape)}"
             self._unsupported(
                 op,
-                f"a '{op.kind}' along tokens: axis {axis % len(shape)} of its input {tuple(shape)} does not hold "
-                "features, which change along another axis; only a linear layer may mix tokens, one feature at "
-                "a time",
+                f"a '{op.kind}' along tokens: {where} does not hold features, which change along another axis; "
+                "only a linear layer may mix tokens, one feature at a time"
+                if layout.shape[axis] == 1
+                else f"a '{op.kind}' along {where}, whose features also change along another axis (one layer "
+                "shared by every head or group, as a per-head QK-norm)",
             )
         if (lines[0] < 0).any():
             self._unsupported(op, "an input padded along its features")
@@ -487,8 +490,9 @@ class _Builder:
             self.emit_along(op, features, -1 if shape and shape[-1] == len(features) else 1)
 
     def _other(self, op: Op) -> None:
-        """Masking attention scores (``where``, ``masked_fill``) moves no feature; anything else has no form."""
-        if op.params or len(set(op.sources)) != 1 or op.sources[0] not in self.scores:
+        """Masking attention scores (``where``, ``masked_fill``) and resizing an image (``interpolate``) move no
+        feature; anything else has no form."""
+        if op.params or len(set(op.sources)) != 1 or (op.sources[0] not in self.scores and op.function not in _RESIZE):
             self._no_form(op)
         self._pass_through(op)
 
@@ -750,6 +754,7 @@ class _Builder:
         )
 
 
+_RESIZE = frozenset({"interpolate", "upsample", "upsample_nearest", "upsample_bilinear"})
 _HANDLED = frozenset(
     {"input", "linear", "conv", "embedding", "layer_norm", "group_norm", "rms_norm", "batch_norm", "add", "mul",
      "concat", "attention", "matmul"}

@@ -82,11 +82,60 @@ def _timm(name: str, **options: Any) -> Callable[[], nn.Module]:
     return build
 
 
+# Built from their classes where the registered models fix the options shrunk here (depths, widths, patch size).
+_MIXER = dict(num_classes=10, img_size=IMAGE, patch_size=8, num_blocks=2, embed_dim=32)
+_METAFORMER = dict(num_classes=10, depths=(1, 1, 1, 1), dims=(16, 16, 32, 32))
+
+
 def _timm_mixer() -> nn.Module:
-    """Built from its class: ``mixer_s16_224`` fixes the patch size and depth it is registered with."""
     from timm.models.mlp_mixer import MlpMixer
 
-    return MlpMixer(num_classes=10, img_size=IMAGE, patch_size=8, num_blocks=2, embed_dim=32)
+    return MlpMixer(**_MIXER)
+
+
+def _timm_resmlp() -> nn.Module:
+    from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
+
+    return MlpMixer(**_MIXER, mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine)
+
+
+def _timm_gmlp() -> nn.Module:
+    from timm.layers import GatedMlp
+    from timm.models.mlp_mixer import MlpMixer, SpatialGatingBlock
+
+    return MlpMixer(**_MIXER, mlp_ratio=6, block_layer=SpatialGatingBlock, mlp_layer=GatedMlp)
+
+
+def _timm_poolformer() -> nn.Module:
+    from timm.models.metaformer import GroupNorm1, MetaFormer
+
+    return MetaFormer(
+        **_METAFORMER, downsample_norm=None, mlp_act=nn.GELU, mlp_bias=True, norm_layers=GroupNorm1,
+        layer_scale_init_values=1e-5, res_scale_init_values=None, use_mlp_head=False,
+    )  # fmt: skip
+
+
+def _timm_caformer() -> nn.Module:
+    from timm.models.metaformer import Attention, LayerNorm2dNoBias, LayerNormNoBias, MetaFormer, SepConv
+
+    return MetaFormer(
+        **_METAFORMER, token_mixers=[SepConv, SepConv, Attention, Attention],
+        norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2,
+    )  # fmt: skip
+
+
+def _timm_convmixer() -> nn.Module:
+    from timm.models.convmixer import ConvMixer
+
+    return ConvMixer(dim=32, depth=2, kernel_size=3, patch_size=4, num_classes=10)
+
+
+def _timm_pvt_v2() -> nn.Module:
+    from timm.models.pvt_v2 import PyramidVisionTransformerV2
+
+    return PyramidVisionTransformerV2(
+        depths=(1, 1, 1, 1), embed_dims=(16, 16, 32, 32), num_heads=(1, 1, 2, 2), num_classes=10
+    )
 
 
 def _vit_options(**extra: Any) -> dict[str, Any]:
@@ -105,6 +154,16 @@ TIMM = {
     "beit": _timm("beit_base_patch16_224", **_vit_options()),
     "eva02": _timm("eva02_tiny_patch14_224", **_vit_options(ref_feat_shape=(4, 4))),
     "mixer": _timm_mixer,
+    "resmlp": _timm_resmlp,
+    "gmlp": _timm_gmlp,
+    "deit3": _timm("deit3_small_patch16_224", **_vit_options()),
+    "poolformer": _timm_poolformer,
+    "caformer": _timm_caformer,
+    "convmixer": _timm_convmixer,
+    "pvt_v2": _timm_pvt_v2,
+    "coatnet": _timm(
+        "coatnet_nano_rw_224", img_size=IMAGE, embed_dim=(32, 32, 64, 64), depths=(1, 1, 1, 1), stem_width=16
+    ),
     "convnext": _timm("convnext_atto", depths=(1, 1, 1, 1), dims=(16, 16, 32, 32)),
     "efficientnet": _timm("test_efficientnet"),
     "resnet": _timm("resnet10t"),
@@ -228,6 +287,14 @@ HF = {
     "t5-encoder": _hf(
         "T5EncoderModel", "T5Config", vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4
     ),
+    "mpt": _hf("MptForCausalLM", "MptConfig", vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=32),
+    "stablelm": _hf("StableLmForCausalLM", "StableLmConfig", **_DECODER, num_key_value_heads=2),
+    "olmo": _hf("OlmoForCausalLM", "OlmoConfig", **_DECODER),
+    "olmo2": _hf("Olmo2ForCausalLM", "Olmo2Config", **_DECODER, num_key_value_heads=2),
+    "phi3": _hf("Phi3ForCausalLM", "Phi3Config", **_DECODER, num_key_value_heads=2, pad_token_id=0),
+    "qwen3": _hf("Qwen3ForCausalLM", "Qwen3Config", **_DECODER, num_key_value_heads=2, head_dim=8),
+    "starcoder2": _hf("Starcoder2ForCausalLM", "Starcoder2Config", **_DECODER, num_key_value_heads=2),
+    "gemma2": _hf("Gemma2ForCausalLM", "Gemma2Config", **_DECODER, num_key_value_heads=2, head_dim=8),
     "gpt-bigcode": _hf(
         "GPTBigCodeForCausalLM",
         "GPTBigCodeConfig",
@@ -451,9 +518,10 @@ def large_table(results: dict[tuple[str, str], dict[str, Any]], repeats: int) ->
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other jobs on the machine slow the timings below
     return (
         f"{date.today().isoformat()}, {platform.machine()}, {len(os.sched_getaffinity(0))} usable CPU cores "
-        f"({cpu}), no GPU used, Python {platform.python_version()}, torch {torch.__version__}"
+        f"({cpu}), load average {load}, no GPU used, Python {platform.python_version()}, torch {torch.__version__}"
     )
 
 
@@ -492,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         large = {(name, view): measure_large(name, view, args.repeats) for name in LARGE for view in LARGE_VIEWS}
         print()
         print(large_table(large, args.repeats))
+        print(f"Load average after the large models: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
 
 
