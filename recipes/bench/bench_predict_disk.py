@@ -8,7 +8,8 @@ Each measurement runs in a fresh Python process, so that its peak resident set (
   same directory, timing the write alone (the zeros are allocated before the clock starts).
 
 Outputs are deleted after each measurement. ``--repeats`` runs each pair that many times (floor first, then
-predict, alternating) and reports the median and the range.
+predict, alternating) and reports the median and the range. Both run with torch's transparent huge pages on, as
+``hypernets predict`` runs (``--no-huge-pages``: off).
 
     python recipes/bench/bench_predict_disk.py
     python recipes/bench/bench_predict_disk.py --targets gpt2:large --dtypes float32 --repeats 3
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -65,10 +67,13 @@ def _entries(hnet, model):
     return plan_entries(hnet.op_graphs([model], None))
 
 
-def child(kind: str, target: str, dtype: str, hypernet: str, work: Path, threads: int) -> dict:
+def child(kind: str, target: str, dtype: str, hypernet: str, work: Path, threads: int, huge_pages: bool) -> dict:
+    from hypernets.cli import HUGE_PAGES_VARIABLE
+
     command = [sys.executable, __file__, "--child", kind, "--targets", target, "--dtypes", dtype]
     command += ["--hypernet", hypernet, "--work", str(work), "--threads", str(threads)]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, HUGE_PAGES_VARIABLE: str(int(huge_pages))}
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -80,6 +85,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-predict-disk"), help="where files go")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--huge-pages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch's transparent huge pages, as hypernets predict sets them (default: on)",
+    )
     parser.add_argument("--child", choices=("floor", "predict"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -94,10 +105,14 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"floor": [], "predict": []}
             for _ in range(args.repeats):
                 for kind in runs:
-                    runs[kind].append(child(kind, target, dtype, args.hypernet, args.work, args.threads))
+                    runs[kind].append(
+                        child(kind, target, dtype, args.hypernet, args.work, args.threads, args.huge_pages)
+                    )
             rows.append((target, dtype, runs))
             print(json.dumps({"target": target, "dtype": dtype, **runs}), flush=True)
-    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads; hypernetwork {args.hypernet}\n")
+    pages = "on" if args.huge_pages else "off"
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"\nmachine: {machine}; hypernetwork {args.hypernet}; huge pages {pages}\n")
     print("| target | dtype | size (GB) | predict to disk (s) | I/O floor (s) | predict / floor | peak RSS (MB) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for target, dtype, runs in rows:
