@@ -1,8 +1,8 @@
 """Hypernetwork bodies: an encoded condition ``[B, F]`` in, one ``[B, n_t]`` output per predicted tensor out.
 
-Outputs are of order one at init: the caller scales each tensor to its own magnitude. Heads have a bias
-only when asked: under MIP ``theta0`` already offsets every tensor, and a head bias would duplicate it
-(``hidden + 1`` instead of ``hidden`` weights per predicted value in the MLP body). Two bodies:
+Outputs are ``head_std`` times order one at init: the caller scales each tensor to its own magnitude.
+Heads have a bias only when asked: under MIP ``theta0`` already offsets every tensor, and a head bias would
+duplicate it (``hidden + 1`` instead of ``hidden`` weights per predicted value in the MLP body). Two bodies:
 
 - :class:`MLPBody`: a shared trunk and one linear head per tensor. The heads hold ``hidden x`` the number
   of predicted values: fine for small targets, 760 M weights for torchvision's resnet18 at ``hidden=64``
@@ -36,10 +36,11 @@ def relu_mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def output_layer(fan_in: int, fan_out: int, bias: bool) -> nn.Linear:
-    """A head whose outputs have about the RMS of its inputs, and no offset at init: scales are set per tensor."""
+def output_layer(fan_in: int, fan_out: int, bias: bool, std: float) -> nn.Linear:
+    """A head whose outputs have ``std`` times the RMS of its inputs, and no offset at init: scales are set per
+    tensor by the caller."""
     linear = nn.Linear(fan_in, fan_out, bias=bias)
-    nn.init.normal_(linear.weight, std=fan_in**-0.5)
+    nn.init.normal_(linear.weight, std=std * fan_in**-0.5)
     if bias:
         nn.init.zeros_(linear.bias)
     return linear
@@ -48,10 +49,12 @@ def output_layer(fan_in: int, fan_out: int, bias: bool) -> nn.Linear:
 class MLPBody(nn.Module):
     """``trunk(x)`` then ``head_t`` per tensor."""
 
-    def __init__(self, in_features: int, sizes: Sequence[int], hidden: int, layers: int, bias: bool) -> None:
+    def __init__(
+        self, in_features: int, sizes: Sequence[int], hidden: int, layers: int, bias: bool, head_std: float
+    ) -> None:
         super().__init__()
         self.trunk = relu_mlp([in_features] + [hidden] * layers)
-        self.heads = nn.ModuleList(output_layer(hidden, size, bias) for size in sizes)
+        self.heads = nn.ModuleList(output_layer(hidden, size, bias, head_std) for size in sizes)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         z = self.trunk(x)
@@ -71,13 +74,16 @@ class ChunkedBody(nn.Module):
         chunk_size: int,
         chunk_dim: int,
         bias: bool,
+        head_std: float,
     ) -> None:
         super().__init__()
         self.sizes = list(sizes)
         self.chunks_per_tensor = [math.ceil(size / chunk_size) for size in sizes]
         self.trunk = relu_mlp([in_features] + [hidden] * layers)
         self.chunk_embeddings = nn.Parameter(torch.randn(sum(self.chunks_per_tensor), chunk_dim))
-        self.head = nn.Sequential(relu_mlp([hidden + chunk_dim, hidden]), output_layer(hidden, chunk_size, bias))
+        self.head = nn.Sequential(
+            relu_mlp([hidden + chunk_dim, hidden]), output_layer(hidden, chunk_size, bias, head_std)
+        )
 
     def forward(self, x: Tensor) -> list[Tensor]:
         z = self.trunk(x)  # [B, hidden]
@@ -107,8 +113,10 @@ def build_body(
     chunk_size: int,
     chunk_dim: int,
     bias: bool,
+    head_std: float,
 ) -> nn.Module:
-    """The body ``body`` names (``"mlp"`` or ``"chunked"``; resolve ``"auto"`` first); ``bias``: heads with one."""
+    """The body ``body`` names (``"mlp"`` or ``"chunked"``; resolve ``"auto"`` first); ``bias``: heads with one;
+    ``head_std``: the outputs' scale at init, relative to order one."""
     if body == "mlp":
-        return MLPBody(in_features, sizes, hidden, layers, bias)
-    return ChunkedBody(in_features, sizes, hidden, layers, chunk_size, chunk_dim, bias)
+        return MLPBody(in_features, sizes, hidden, layers, bias, head_std)
+    return ChunkedBody(in_features, sizes, hidden, layers, chunk_size, chunk_dim, bias, head_std)
