@@ -23,6 +23,7 @@ from hypernets.command import (
     Parser,
     UsageError,
     check_device,
+    check_input,
     check_output,
     count,
     debug_parent,
@@ -48,6 +49,7 @@ examples:
   hypernets graph gpt2:xl                            # 1.5B parameters on the meta device: nothing allocated
   hypernets graph timm:resnet50 --plot resnet50.png --json resnet50.json
   hypernets graph zoo:resnet20 --view neuron --plot resnet20-neurons.png
+  hypernets graph zoo:resnet20 --weights resnet20.safetensors --view neuron   # your trained weights
   hypernets graph torchvision:resnet18 --input-shape 1,3,64,64
 """
 
@@ -138,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     graph.add_argument("model", nargs="?", default=DEFAULT_SPEC, help="model spec")
+    graph.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="your trained weights (safetensors, e.g. from save_file(model.state_dict())), loaded strictly: the "
+        "neuron view then carries their values; the op view reads shapes only but checks that the file fits",
+    )
     graph.add_argument(
         "--view",
         choices=("op", "neuron"),
@@ -318,7 +326,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction, parents: list[argp
 
 
 def run_graph(args: argparse.Namespace) -> int:
-    """The ``graph`` command. The op view builds the model on ``meta``; the neuron view needs real weights."""
+    """The ``graph`` command. The op view builds the model on ``meta`` (on the CPU with ``--weights``, to check
+    them); the neuron view needs real weights: the model's random init, or the user's."""
     from hypernets.graph import to_neuron_graph, to_op_graph, trace
     from hypernets.graph.op_graph import DEFAULT_MAX_DISTANCE
     from hypernets.models import build_model, example_input_shape
@@ -326,7 +335,10 @@ def run_graph(args: argparse.Namespace) -> int:
     for option, path in (("--plot", args.plot), ("--json", args.json)):
         if path:
             check_output(path, option, overwrite=args.overwrite)
-    model = build_model(args.model, device="meta" if args.view == "op" else "cpu")
+    if args.weights:
+        check_input(args.weights, "--weights")
+    on_meta = args.view == "op" and not args.weights  # shapes only: nothing is allocated
+    model = build_model(args.model, device="meta" if on_meta else "cpu", weights=args.weights)
     ir = trace(model, args.input_shape or example_input_shape(args.model, model))
     if args.view == "op":
         max_distance = args.max_distance or DEFAULT_MAX_DISTANCE
@@ -335,7 +347,8 @@ def run_graph(args: argparse.Namespace) -> int:
     else:
         data = to_neuron_graph(model, ir=ir)
         report = describe_neuron_graph(data)
-    print("\n".join([ir.summary(), describe_coverage(ir), report]))
+    loaded = [f"  weights: {args.weights}, loaded strictly"] if args.weights else []
+    print("\n".join([ir.summary(), describe_coverage(ir), *loaded, report]))
     if args.plot:
         atomic_write(args.plot, lambda path: _draw(args.view, data, path))
         print(f"wrote {args.plot}")
