@@ -39,6 +39,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     T5Config,
     T5EncoderModel,
 )
@@ -455,6 +457,37 @@ def test_permuting_rotary_pairs_is_no_symmetry_and_no_node_permutation() -> None
     ]
     with pytest.raises(AssertionError):  # with every pair edge valued 1 it would be a node permutation
         _assert_permuted(graph, to_neuron_graph(permuted), _sigma(graph, moves))
+
+
+def _qwen3() -> nn.Module:
+    return _randomized(_decoder(Qwen3ForCausalLM, Qwen3Config, head_dim=8))
+
+
+def test_per_head_qk_norm_shares_its_weight_across_heads() -> None:
+    """Qwen3 normalizes each of the 4 q heads (2 k heads) of 8 features on its own, with one 8-entry weight:
+    each entry is one node, feeding feature i of every head's norm."""
+    graph = _assert_round_trip(_qwen3())
+    identity = graph.edge_type == EDGE_TYPES.index("identity")
+    for name, heads in (("q", 4), ("k", 2)):
+        shared = _nodes_of(graph, f"model.layers.0.self_attn.{name}_norm.weight")
+        edges = graph.edge_index[:, identity & torch.isin(graph.edge_index[0], shared)]
+        assert torch.equal(edges[0], shared.repeat(heads))
+        normed = edges[1].view(heads, 8)
+        assert len(normed.unique()) == heads * 8
+        assert (graph.node_type[normed] == NODE_TYPES.index("norm")).all()
+
+
+def test_permuting_heads_around_a_per_head_qk_norm_permutes_nodes_only() -> None:
+    kv_order, q_order = torch.tensor([1, 0]), torch.tensor([3, 2, 0, 1])  # query heads stay in their groups
+
+    def permute(model: nn.Module) -> None:
+        attn = model.model.layers[0].self_attn
+        _take(attn.q_proj.weight, _blocks(q_order, 8))
+        _take(attn.k_proj.weight, _blocks(kv_order, 8))
+        _take(attn.v_proj.weight, _blocks(kv_order, 8))
+        _take(attn.o_proj.weight, _blocks(q_order, 8), dim=1)
+
+    _assert_symmetry(_qwen3(), permute, {"input_ids": _ids()})
 
 
 def test_multi_query_attention_counts_q_k_v_of_a_fused_projection() -> None:

@@ -274,7 +274,7 @@ class _Builder:
                 "only a linear layer may mix tokens, one feature at a time"
                 if layout.shape[axis] == 1
                 else f"a '{op.kind}' along {where}, whose features also change along another axis (one layer "
-                "shared by every head or group, as a per-head QK-norm)",
+                "shared by every head or group)",
             )
         if (lines[0] < 0).any():
             self._unsupported(op, "an input padded along its features")
@@ -436,13 +436,38 @@ class _Builder:
         self.producer[int(out[0])] = op
 
     def _norm(self, op: Op, axis: int) -> None:
-        features = self.features(op, 0, axis)
+        layout = self.layout(op, 0)
+        if layout is not None and layout.shape[axis] > 1:
+            groups = torch.unique(_lines(layout, op.in_shapes[0], axis), dim=0)  # one row per head (or group)
+            if len(groups) > 1:
+                self._norm_per_group(op, groups, layout)
+                return
+        features = self.features(op, 0, axis, layout)
         out = self.new_nodes(len(features), "norm")
         self.identity(features, out)
         for role, slot in (("weight", _WEIGHT), ("bias", _NORM_BIAS)):
             if role in op.params:
                 self.set_values(op.params[role], out, slot)
         self.emit_along(op, out, axis)
+
+    def _norm_per_group(self, op: Op, groups: Tensor, layout: Tensor) -> None:
+        """A norm over each head (or group) of features on its own, one weight shared by all (the per-head
+        QK-norm of Qwen3): a norm node per feature, and a node per weight entry that carries the shared value,
+        with an identity edge to the feature it scales in every head, so that permuting heads permutes nodes."""
+        features = groups.reshape(-1)
+        if (features < 0).any() or len(features.unique()) != len(features):
+            self._unsupported(op, f"a '{op.kind}' over groups of features that overlap")
+        out = self.new_nodes(len(features), "norm")
+        self.identity(features, out)
+        if op.params:
+            shared = self.new_nodes(groups.shape[1], "norm")
+            self.identity(shared.repeat(len(groups)), out)
+            for role, slot in (("weight", _WEIGHT), ("bias", _NORM_BIAS)):
+                if role in op.params:
+                    self.set_values(op.params[role], shared, slot)
+        renamed = torch.full((self.num_nodes,), -1, dtype=torch.long)
+        renamed[features] = out
+        self.emit(op, renamed[layout])
 
     def _layer_norm(self, op: Op) -> None:
         self._norm(op, -1)
