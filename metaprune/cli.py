@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="timm ViTs: fraction of attention heads removed from every layer before channel pruning",
     )
     method.add_argument(
+        "--head-dims",
+        action="store_true",
+        help="timm ViTs: also prune channels inside attention heads, the same ones in every head of a layer",
+    )
+    method.add_argument(
         "--global-pruning",
         action=argparse.BooleanOptionalAction,
         help="rank channels across layers (DepGraph's global pruning) instead of removing the same fraction of "
@@ -252,6 +257,7 @@ def run_prune(args: argparse.Namespace) -> int:
             **gate,
             method=args.method,
             head_ratio=args.head_ratio,
+            head_dims=args.head_dims,
             global_pruning=args.global_pruning,
             sparse_steps=args.sparse_steps,
             metanet=metanet,

@@ -82,6 +82,7 @@ class _Recipe:
     param_ratio: float | None
     method: Method
     head_ratio: float
+    head_dims: bool
     global_pruning: bool
     sparse_steps: int
     finetune_steps: int
@@ -120,6 +121,7 @@ def prune_model(
     max_loss_increase: float | None = None,
     method: Method = "group_norm",
     head_ratio: float = 0.0,
+    head_dims: bool = False,
     global_pruning: bool | None = None,
     sparse_steps: int = 0,
     metanet: Metanet | None = None,
@@ -140,9 +142,9 @@ def prune_model(
         example_inputs: one batch the model accepts (batch size 1 is best), for tracing and counting.
         task: ``"classification"`` (gate: ``max_acc_drop``) or ``"causal_lm"`` (gate: ``max_loss_increase``).
         speedup, param_ratio: the targets, dense / pruned FLOPs and parameters; at least one.
-        method, head_ratio, global_pruning: how channels are ranked and cut (see :func:`metaprune.prune.prune`);
-            ``global_pruning`` defaults to on for models with timm-style attention, where ranking channels across
-            layers measured best (docs/benchmarks.md), and off otherwise.
+        method, head_ratio, head_dims, global_pruning: how channels are ranked and cut (see
+            :func:`metaprune.prune.prune`); ``global_pruning`` defaults to on for models with timm-style attention,
+            where ranking channels across layers measured best (docs/benchmarks.md), and off otherwise.
         sparse_steps: steps of DepGraph's group-sparsity training before pruning.
         metanet: rewrite the model ``rewrite_strength`` of the way first; DepGraph's recipe alone is run too
             and the better on ``val`` kept.
@@ -174,6 +176,7 @@ def prune_model(
         param_ratio,
         method,
         head_ratio,
+        head_dims,
         global_pruning,
         sparse_steps,
         finetune_steps,
@@ -202,6 +205,7 @@ def prune_model(
         "candidates": [{"rewrite_strength": c["strength"], **_score(c["after"], task)} for c in candidates],
         "method": method,
         "head_ratio": head_ratio,
+        "head_dims": head_dims,
         "global_pruning": global_pruning,
         "target": {
             "speedup": speedup,
@@ -268,6 +272,7 @@ def _candidate(
             param_ratio=recipe.param_ratio,
             method=recipe.method,
             head_ratio=recipe.head_ratio,
+            head_dims=recipe.head_dims,
             global_pruning=recipe.global_pruning,
             counter="flops",
             seed=recipe.seed,

@@ -119,6 +119,7 @@ def prune(
     ignored_layers: Layers | None = None,
     global_pruning: bool = False,
     head_ratio: float = 0.0,
+    head_dims: bool = False,
     steps: int = 100,
     counter: Counter = "macs",
     seed: int = 0,
@@ -143,7 +144,9 @@ def prune(
             default, so it should include the classifier.
         global_pruning: rank channels across layers instead of pruning every layer by the same fraction.
         head_ratio: for timm ViTs, the fraction of attention heads removed from every attention layer before channel
-            pruning (rounded up, at least one head kept); channels inside heads are never pruned.
+            pruning (rounded up, at least one head kept).
+        head_dims: for timm ViTs, also prune channels inside heads, the same ones in every head of a layer (as
+            Torch-Pruning's timm example does), so that attention shrinks with the MLPs; off, heads keep their size.
         steps: granularity of the progressive schedule; with at least as many steps as the widest layer has
             channels, the last step leaves one channel per group, so a target it misses is out of reach.
         counter: what ``speedup`` counts: ``"macs"``, Torch-Pruning's module-hook count, or ``"flops"``, every op
@@ -182,12 +185,16 @@ def prune(
             torch.manual_seed(seed)
             if head_ratio > 0:
                 _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
-            pruner = _pruner(pruned, example_inputs, imp, ignored, global_pruning=global_pruning, steps=steps)
+            pruner = _pruner(
+                pruned, example_inputs, imp, ignored, global_pruning=global_pruning, head_dims=head_dims, steps=steps
+            )
             macs, params = count_macs_params(pruned, example_inputs)
             cost = _cost(pruned, example_inputs, counter, macs)
             bar = tqdm(total=steps, desc="prune", disable=not progress, leave=False)
             while not reached(cost, params) and pruner.current_step < steps:
                 pruner.step()
+                for attn in attention_modules(pruned):  # heads may have lost channels: their size follows qkv's
+                    set_num_heads(attn, attn.num_heads)
                 bar.update()
                 macs, params = count_macs_params(pruned, example_inputs)
                 cost = _cost(pruned, example_inputs, counter, macs)
@@ -307,9 +314,11 @@ def _pruner(
     ignored: list[nn.Module],
     *,
     global_pruning: bool,
+    head_dims: bool,
     steps: int,
 ) -> tp.pruner.BasePruner:
-    """A progressive channel pruner; attention heads are registered so that their channels are left alone.
+    """A progressive channel pruner; attention heads are registered so that they are never cut apart: their
+    channels are left alone, or with ``head_dims`` the same channels go from every head.
 
     The group dictionaries are passed fresh: BasePruner's defaults are shared mutable dicts that it writes to.
     """
@@ -323,7 +332,7 @@ def _pruner(
         ignored_layers=ignored,
         num_heads=_attention_heads(model),
         prune_num_heads=False,
-        prune_head_dims=False,
+        prune_head_dims=head_dims,
         in_channel_groups={},
         out_channel_groups={},
         **pruner_options(),
@@ -360,9 +369,13 @@ def _prune_heads(
 
 
 def set_num_heads(attn: nn.Module, num_heads: int) -> None:
-    """Tell a timm attention layer how many heads its (already resized) ``qkv`` and ``proj`` now hold."""
-    attn.num_heads = num_heads
-    attn.attn_dim = num_heads * attn.head_dim
+    """Tell a timm attention layer that its (already resized) ``qkv`` and ``proj`` hold ``num_heads`` heads; their
+    size follows. A new head size also sets the softmax scale to ``head_dim ** -0.5``, which is what fused attention
+    (``scaled_dot_product_attention``) uses whatever ``scale`` says, so both of timm's paths compute the same."""
+    head_dim = attn.qkv.weight.shape[0] // (3 * num_heads)
+    if head_dim != attn.head_dim and hasattr(attn, "scale"):
+        attn.scale = head_dim**-0.5
+    attn.num_heads, attn.head_dim, attn.attn_dim = num_heads, head_dim, num_heads * head_dim
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:

@@ -51,6 +51,7 @@ def save_pruned(
         **(extra or {}),
         "shapes": {name: list(tensor.shape) for name, tensor in state.items()},
         "tied": tied,
+        "heads": {name: m.num_heads for name, m in model.named_modules() if is_attention(m)},
     }
     (directory / CONFIG_FILE).write_text(json_text(record))
 
@@ -76,15 +77,17 @@ def load_pruned(spec_or_model: str | nn.Module | None, directory: str | os.PathL
         model = build_from_config(record["config"], record_path)
     state = load_file(weights_path)
     state.update({alias: state[name] for alias, name in record.get("tied", {}).items() if name in state})
-    resize_to(model, state)
+    resize_to(model, state, heads=record.get("heads"))
     load_state_strict(model, state, weights_path)
     return model.eval()
 
 
-def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def resize_to(model: nn.Module, state: dict[str, torch.Tensor], heads: dict[str, int] | None = None) -> None:
     """Give every parameter and buffer named in ``state`` that tensor's shape, and update the layer
     attributes that describe the shape (channels, features), so the model runs at the pruned size. A parameter
-    reachable under several names (tied) is replaced by one new parameter under all the names ``state`` gives."""
+    reachable under several names (tied) is replaced by one new parameter under all the names ``state`` gives.
+    ``heads``: the head count of each timm attention layer, by name (both heads and their channels may have been
+    pruned); where not given, the heads kept their size and the count follows from ``qkv``."""
     replaced: dict[int, nn.Parameter] = {}
     for name, tensor in state.items():
         owner, _, attribute = name.rpartition(".")
@@ -98,11 +101,11 @@ def resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             setattr(module, attribute, replaced[id(current)])
         else:
             module.register_buffer(attribute, torch.empty_like(tensor))
-    for module in model.modules():
-        _update_size_attributes(module)
+    for name, module in model.named_modules():
+        _update_size_attributes(module, (heads or {}).get(name))
 
 
-def _update_size_attributes(module: nn.Module) -> None:
+def _update_size_attributes(module: nn.Module, num_heads: int | None) -> None:
     if isinstance(module, nn.modules.conv._ConvNd):
         out_dim, in_dim = (1, 0) if module.transposed else (0, 1)
         module.out_channels = module.weight.shape[out_dim] * (module.groups if module.transposed else 1)
@@ -115,5 +118,5 @@ def _update_size_attributes(module: nn.Module) -> None:
         module.num_features = module.running_mean.shape[0]
     elif isinstance(module, nn.LayerNorm) and module.weight is not None:
         module.normalized_shape = tuple(module.weight.shape)
-    elif is_attention(module):  # head pruning keeps each head's size, so the head count follows from qkv
-        set_num_heads(module, module.qkv.weight.shape[0] // (3 * module.head_dim))
+    elif is_attention(module):
+        set_num_heads(module, num_heads or module.qkv.weight.shape[0] // (3 * module.head_dim))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Subset, TensorDataset
 
 from hypernets.data import load_mnist
@@ -17,6 +17,7 @@ from hypernets.zoo import cifar_resnet, mlp, small_cnn
 from metaprune.finetune import finetune, recalibrate_batchnorm
 from metaprune.measure import Measurement, accuracy, count_macs_params, cpu_latency_ms, measure
 from metaprune.prune import ImpossibleTargetError, NonFiniteWeightError, prune, sparse_regularizer, sparse_train
+from metaprune.store import load_pruned, save_pruned
 
 MNIST = torch.zeros(2, 1, 28, 28)
 
@@ -107,6 +108,55 @@ def test_vit_head_pruning_removes_the_weak_heads_exactly():
     assert result.steps == 0 and [b.attn.num_heads for b in result.model.blocks] == [3, 3]
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(result.model.eval()(x), silenced(x), atol=1e-5, rtol=0)
+
+
+def _kept_rows(dense: Tensor, pruned: Tensor) -> list[int]:
+    """Which rows of ``dense`` survive in ``pruned``: pruning keeps them in order, so match them one by one."""
+    kept, start = [], 0
+    for row in pruned:
+        start += next(i for i, candidate in enumerate(dense[start:]) if torch.equal(candidate, row))
+        kept.append(start)
+        start += 1
+    return kept
+
+
+def test_vit_head_dims_go_alike_from_every_head_as_if_zeroed():
+    vit = tiny_vit().eval()
+    with torch.no_grad():  # unequal head channels, so that the ranking is not decided by ties
+        for block in vit.blocks:
+            block.attn.qkv.weight.mul_(torch.rand(96, 1, generator=torch.Generator().manual_seed(0)) + 0.5)
+    # only attention may shrink: the residual stream (patch embedding) and the MLPs are kept whole
+    ignored = [vit.head, vit.patch_embed.proj, *[block.mlp.fc1 for block in vit.blocks]]
+    result = prune(vit, MNIST, speedup=1.2, head_dims=True, steps=8, ignored_layers=ignored)
+    pruned, zeroed = result.model.eval(), copy.deepcopy(vit)
+    x = torch.randn(2, 1, 28, 28)
+    for block, reference in zip(pruned.blocks, zeroed.blocks, strict=True):
+        attn = block.attn
+        assert attn.num_heads == 4 and attn.head_dim < 8 and attn.scale == attn.head_dim**-0.5
+        assert attn.qkv.out_features == 3 * 4 * attn.head_dim == 3 * attn.proj.in_features
+        kept = _kept_rows(reference.attn.qkv.weight, attn.qkv.weight)
+        dims = {row % 8 for row in kept}
+        assert kept == [part * 32 + head * 8 + dim for part in range(3) for head in range(4) for dim in sorted(dims)]
+        with torch.no_grad():  # the removed channels of q, k and v zeroed; softmax scaled as for the new head size
+            removed = sorted(set(range(96)) - set(kept))
+            reference.attn.qkv.weight[removed] = 0
+            reference.attn.qkv.bias[removed] = 0
+        reference.attn.scale, reference.attn.fused_attn = attn.scale, False
+    torch.testing.assert_close(pruned(x), zeroed(x), atol=1e-5, rtol=0)
+    for block in pruned.blocks:  # timm's two attention paths agree on the pruned heads
+        block.attn.fused_attn = not block.attn.fused_attn
+    torch.testing.assert_close(pruned(x), zeroed(x), atol=1e-5, rtol=0)
+
+
+def test_vit_with_fewer_and_smaller_heads_reloads(tmp_path):
+    vit = tiny_vit().eval()
+    pruned = prune(vit, MNIST, speedup=2, head_ratio=0.25, head_dims=True, steps=25).model.eval()
+    assert [(b.attn.num_heads, b.attn.head_dim) for b in pruned.blocks] == [(3, 5), (3, 5)]
+    save_pruned(pruned, tmp_path, spec="tiny_vit()")
+    loaded = load_pruned(tiny_vit(), tmp_path)
+    assert [(b.attn.num_heads, b.attn.head_dim, b.attn.scale) for b in loaded.blocks] == [(3, 5, 5**-0.5)] * 2
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), pruned(x), atol=0, rtol=0)
 
 
 def test_l1_keeps_the_largest_norm_channels_and_group_norm_sees_the_next_layer():

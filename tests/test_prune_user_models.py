@@ -161,6 +161,15 @@ def test_torchvision_and_timm_models_prune_on_an_image_folder(in_workdir, tmp_pa
     assert sum(p.numel() for p in model.parameters()) == report["after"]["params"]
 
 
+def test_head_dims_shrink_a_timm_vit_s_heads_and_it_reloads(in_workdir, tmp_path) -> None:
+    spec = "timm:vit_tiny_patch16_224?img_size=28&patch_size=7&in_chans=1&num_classes=10&depth=1&num_heads=2"
+    extra = ["--data", "imagefolder:digits", "--speedup", "2", "--max-acc-drop", "100", "--no-global-pruning"]
+    status, report = _prune(in_workdir, tmp_path, spec, *extra, "--head-dims")
+    assert status == 0 and report["head_dims"] and report["speedup"] >= 2
+    attn = load_pruned(spec, tmp_path / "pruned").blocks[0].attn
+    assert attn.num_heads == 2 and attn.head_dim < 96 and attn.proj.in_features == 2 * attn.head_dim
+
+
 def _tiny_llama(directory) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 

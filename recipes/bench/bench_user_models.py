@@ -10,8 +10,11 @@ a timm ViT built from a spec, and a Hugging Face ``LlamaForCausalLM`` trained by
   (a) plain:    Torch-Pruning as its README shows a user: MetaPruner + GroupMagnitudeImportance(p=2), stepped
                 until tp.utils.count_ops_and_params MACs reach the target, then a plain fine-tuning loop with
                 metaprune's defaults (SGD, lr 0.01, momentum 0.9, weight decay 5e-4, cosine, batch 128);
+  (a') plain_tp_flops: the same script stopped on metaprune's FLOPs count (metaprune.flops.count_flops)
+                instead of Torch-Pruning's MACs, so both meet the same target as metaprune counts it;
   (b) metaprune: metaprune.prune_model(...) with group_norm, per-layer pruning, no metanetwork, and for
-                the ViT also with global_pruning=True (metaprune_global);
+                the ViT also with global_pruning=True (metaprune_global) and with head_dims=True, per layer
+                and global (metaprune_head_dims, metaprune_global_head_dims);
   (c) metanet:  prune_model(..., metanet=<shipped>) when metaprune/pretrained/<family>/model.safetensors exists
                 (skipped with a note otherwise).
 
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODELS = ("resnet18_mnist", "residual_cnn", "vit", "llama")
-PIPELINES = ("plain_tp", "metaprune", "metanet")  # metaprune: also metaprune_global for the ViT
+PIPELINES = ("plain_tp", "plain_tp_flops", "metaprune", "metanet")  # metaprune: more variants for the ViT
 MEAN, STD = 0.1307, 0.3081
 
 USER_MODULE = '''"""What a user writes: model factories for 1x28x28 digits (metaprune --model usermodels:NAME)."""
@@ -257,9 +260,11 @@ def train_llama(args, text_data, seed: int) -> tuple[Path, float]:
 # --- (a) the plain Torch-Pruning script ------------------------------------------------------------------------
 
 
-def plain_torch_pruning(name: str, model: nn.Module, example, speedup: float, train, steps: int, seed: int, args):
+def plain_torch_pruning(
+    name: str, model: nn.Module, example, speedup: float, train, steps: int, seed: int, args, counter: str = "macs"
+):
     """What a user writes from Torch-Pruning's README (and its timm / LLM examples): returns the model and seconds
-    per phase."""
+    per phase. It stops on Torch-Pruning's MACs, or with ``counter="flops"`` on metaprune's every-op FLOPs."""
     import torch_pruning as tp
 
     model = copy.deepcopy(model)
@@ -282,7 +287,11 @@ def plain_torch_pruning(name: str, model: nn.Module, example, speedup: float, tr
         extra["output_transform"] = lambda out: out.logits
     else:
         ignored = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]  # the classifier
-    base_macs, _ = tp.utils.count_ops_and_params(model, example)
+
+    def cost() -> int:
+        return tp.utils.count_ops_and_params(model, example)[0] if counter == "macs" else flops(model, example)
+
+    base_cost = cost()
     pruner = tp.pruner.MetaPruner(
         model,
         example,
@@ -301,8 +310,7 @@ def plain_torch_pruning(name: str, model: nn.Module, example, speedup: float, tr
                     m.num_heads = pruner.num_heads[m.qkv]
                     m.head_dim = m.qkv.out_features // (3 * m.num_heads)
                     m.attn_dim = m.num_heads * m.head_dim
-        macs, _ = tp.utils.count_ops_and_params(model, example)
-        if base_macs / macs >= speedup:
+        if base_cost / cost() >= speedup:
             break
     seconds["prune"] = time.perf_counter() - start
 
@@ -436,20 +444,26 @@ def run_model(name: str, args, results: list, notes: list) -> None:
         batch = args.lm_batch_size if lm else args.batch_size
         lr, optimizer = (args.lm_lr, args.lm_optimizer) if lm else (args.lr, "sgd")
         for speedup in speedups:
-            # (a) plain Torch-Pruning
-            if "plain_tp" in args.pipelines:
-                pruned, seconds = plain_torch_pruning(name, model, example, speedup, train, steps, seed, args)
+            # (a) plain Torch-Pruning, stopped on its MACs or on metaprune's FLOPs
+            for label, counter in (("plain_tp", "macs"), ("plain_tp_flops", "flops")):
+                if label not in args.pipelines:
+                    continue
+                pruned, seconds = plain_torch_pruning(
+                    name, model, example, speedup, train, steps, seed, args, counter=counter
+                )
                 start = time.perf_counter()
                 value, pruned_flops = score(pruned, val, task), flops(pruned, example)
                 seconds["measure"] = time.perf_counter() - start
                 seconds["total"] = sum(seconds.values())
-                record(results, name, "plain_tp", seed, speedup, value, dense, pruned_flops, seconds)
+                record(results, name, label, seed, speedup, value, dense, pruned_flops, seconds)
             # (b) metaprune.prune_model with its defaults (and global pruning for the ViT), (c) with a metanetwork
             # per layer, as prune_model's default was when the documented figures were taken (it is now global
             # for ViTs: the metaprune_global row)
             variants = [("metaprune", {"global_pruning": False})] if "metaprune" in args.pipelines else []
             if name == "vit" and "metaprune" in args.pipelines:
                 variants.append(("metaprune_global", {"global_pruning": True}))
+                variants.append(("metaprune_head_dims", {"global_pruning": False, "head_dims": True}))
+                variants.append(("metaprune_global_head_dims", {"global_pruning": True, "head_dims": True}))
             metanet, strength, note = metanet_for(model, speedup)
             if metanet is not None and "metanet" in args.pipelines:
                 options = {
@@ -684,7 +698,13 @@ def main() -> None:
     parser.add_argument(
         "--metanet-sparse-steps", type=int, default=100, help="(c): what `metaprune prune --metanet` runs"
     )
-    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument(
+        "--pipelines",
+        nargs="+",
+        choices=PIPELINES,
+        default=["plain_tp", "metaprune", "metanet"],
+        help="default: all but plain_tp_flops",
+    )
     parser.add_argument("--tag", default="", help="suffix of results.json and table.md, to keep an extra run apart")
     parser.add_argument("--no-ci", action="store_true", help="skip timing the CI example")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the benchmark itself")
