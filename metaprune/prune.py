@@ -166,6 +166,8 @@ def prune(
             raise ValueError(f"{name} must be at least 1, got {value}")
     if not 0 <= head_ratio < 1:
         raise ValueError(f"head_ratio must be in [0, 1), got {head_ratio}")
+    if head_dims and not attention_modules(model):
+        raise ValueError("head_dims needs a model with timm-style attention layers (.qkv, .proj and .num_heads)")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     check_finite(model)

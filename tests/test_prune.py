@@ -220,6 +220,8 @@ def test_invalid_arguments_are_rejected():
         prune(model, MNIST, speedup=2.0, method="taylor")
     with pytest.raises(ValueError, match="timm-style attention"):
         prune(model, MNIST, speedup=2.0, head_ratio=0.5)
+    with pytest.raises(ValueError, match="head_dims needs a model with timm-style attention"):
+        prune(model, MNIST, speedup=2.0, head_dims=True)
 
 
 @pytest.fixture(scope="module")
