@@ -1,16 +1,18 @@
-"""Hypernetwork bodies: an encoded condition ``[B, F]`` in, one ``[B, n_t]`` output per predicted tensor out.
+"""Hypernetwork bodies: an encoded condition ``[B, F]`` in, ``[B, N]`` out: every predicted value, tensor after
+tensor (the caller splits them).
 
 Outputs are ``head_std`` times order one at init: the caller scales each tensor to its own magnitude.
 Heads have a bias only when asked: under MIP ``theta0`` already offsets every tensor, and a head bias would
 duplicate it (``hidden + 1`` instead of ``hidden`` weights per predicted value in the MLP body). Two bodies:
 
-- :class:`MLPBody`: a shared trunk and one linear head per tensor. The heads hold ``hidden x`` the number
-  of predicted values: fine for small targets, 760 M weights for torchvision's resnet18 at ``hidden=64``
-  (hyperlight's default MLP for it has 1.44 B, by the issue's count).
+- :class:`MLPBody`: a trunk and one linear head over all values (a head per tensor, fused into one matrix
+  multiply). The head holds ``hidden x`` the number of predicted values: fine for small targets, 715 M
+  weights for the convolutions of torchvision's resnet18 at ``hidden=64`` (hyperlight's README example
+  for them, hidden 128, has 1.44 B parameters).
 - :class:`ChunkedBody` (von Oswald et al. 2020): one shared head emits fixed-size chunks, each asked for
   by a learned chunk embedding, so the body grows with the number of chunks times the chunk embedding's
-  width, not with the number of values: 0.37 M for resnet18 (``recipes/bench/bench_hypernetize.py``
-  counts both).
+  width, not with the number of values: 0.36 M for the same convolutions
+  (``recipes/bench/bench_hypernetize.py`` counts all three).
 """
 
 from __future__ import annotations
@@ -47,18 +49,17 @@ def output_layer(fan_in: int, fan_out: int, bias: bool, std: float) -> nn.Linear
 
 
 class MLPBody(nn.Module):
-    """``trunk(x)`` then ``head_t`` per tensor."""
+    """``head(trunk(x))``: every tensor's head is the same init, so one matrix holds them all."""
 
     def __init__(
         self, in_features: int, sizes: Sequence[int], hidden: int, layers: int, bias: bool, head_std: float
     ) -> None:
         super().__init__()
         self.trunk = relu_mlp([in_features] + [hidden] * layers)
-        self.heads = nn.ModuleList(output_layer(hidden, size, bias, head_std) for size in sizes)
+        self.head = output_layer(hidden, sum(sizes), bias, head_std)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        z = self.trunk(x)
-        return [head(z) for head in self.heads]
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.trunk(x))
 
 
 class ChunkedBody(nn.Module):
@@ -85,15 +86,13 @@ class ChunkedBody(nn.Module):
             relu_mlp([hidden + chunk_dim, hidden]), output_layer(hidden, chunk_size, bias, head_std)
         )
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor) -> Tensor:
         z = self.trunk(x)  # [B, hidden]
         batch, chunks = len(z), len(self.chunk_embeddings)
         pairs = torch.cat([z[:, None].expand(-1, chunks, -1), self.chunk_embeddings.expand(batch, -1, -1)], dim=-1)
         out = self.head(pairs)  # [B, chunks, chunk_size]
-        return [
-            part.reshape(batch, -1)[:, :size]
-            for part, size in zip(out.split(self.chunks_per_tensor, dim=1), self.sizes, strict=True)
-        ]
+        parts = out.split(self.chunks_per_tensor, dim=1)
+        return torch.cat([part.reshape(batch, -1)[:, :size] for part, size in zip(parts, self.sizes, strict=True)], 1)
 
 
 def resolve_body(body: str, hidden: int, num_values: int) -> str:

@@ -116,6 +116,7 @@ class Hypernetized(nn.Module):
         )
         self.gain = nn.Parameter(torch.full((len(sizes),), OUTPUT_GAIN))
         self.register_buffer("scale", torch.stack([_scale(value) for value in start]))
+        self.register_buffer("sizes", torch.tensor(sizes), persistent=False)  # values per tensor, for the factors
         if config.mip:
             self.theta0 = nn.Parameter(torch.cat([value.reshape(-1) for value in start]))
 
@@ -136,16 +137,15 @@ class Hypernetized(nn.Module):
         return torch.vmap(self._run_one, in_dims=(0, *dims), randomness="different")(predicted, args, kwargs)
 
     def _predict(self, c: Tensor) -> dict[str, Tensor]:
-        """``[B, *shape]`` tensors for a ``[B, ...]`` batch of checked conditions."""
-        deltas = self.body(self.encoder(c))
-        factors = self.gain * self.scale
-        bases = self.theta0.split(self.targets.sizes) if self.config.mip else [0.0] * len(deltas)
-        predicted = {}
-        for name, shape, delta, factor, base in zip(
-            self.targets.names, self.targets.shapes, deltas, factors, bases, strict=True
-        ):
-            predicted[name] = (base + delta * factor).view(len(c), *shape)
-        return predicted
+        """``[B, *shape]`` tensors for a ``[B, ...]`` batch of checked conditions, all values in one flat pass."""
+        deltas = self.body(self.encoder(c))  # [B, N]
+        factors = torch.repeat_interleave(self.gain * self.scale, self.sizes, output_size=deltas.shape[1])
+        flat = torch.addcmul(self.theta0, deltas, factors) if self.config.mip else deltas * factors
+        values = flat.split(self.targets.sizes, dim=1)
+        return {
+            name: value.view(len(c), *shape)
+            for name, shape, value in zip(self.targets.names, self.targets.shapes, values, strict=True)
+        }
 
     def _run_one(self, params: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
         """The module on one example (as a batch of one) with that example's parameters: vmap's body."""
