@@ -8,8 +8,9 @@ Each measurement runs in a fresh Python process, so that its peak resident set (
   same directory, timing the write alone (the zeros are allocated before the clock starts).
 
 Outputs are deleted after each measurement. ``--repeats`` runs each pair that many times (floor first, then
-predict, alternating) and reports the median and the range. Both run with torch's transparent huge pages on, as
-``hypernets predict`` runs (``--no-huge-pages``: off).
+predict, alternating) and reports the median and the range. *Predict* runs with torch's transparent huge pages
+on, as ``hypernets predict`` runs (``--no-huge-pages``: off); the floor without (its zeros would become real
+memory instead of the kernel's shared zero page).
 
     python recipes/bench/bench_predict_disk.py
     python recipes/bench/bench_predict_disk.py --targets gpt2:large --dtypes float32 --repeats 3
@@ -46,19 +47,27 @@ def measure(kind: str, target: str, dtype: str, hypernet: str, work: Path) -> di
 
         predicted = {e.name: e.shape for e in _entries(hnet, model)}
         zeros = {name: torch.zeros(shape, dtype=getattr(torch, dtype)) for name, shape in predicted.items()}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         save_file(zeros, out)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         size = out.stat().st_size
     else:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         written = save_prediction(hnet, model, out, dtype=getattr(torch, dtype))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         size = out.stat().st_size
         assert written.files == (out,)
     out.unlink()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"kind": kind, "target": target, "dtype": dtype, "seconds": seconds, "bytes": size, "peak_rss_mb": rss}
+    return {
+        "kind": kind,
+        "target": target,
+        "dtype": dtype,
+        "seconds": seconds,
+        "cpu_seconds": cpu,  # every thread's, user and system: what a loaded machine stretches least
+        "bytes": size,
+        "peak_rss_mb": rss,
+    }
 
 
 def _entries(hnet, model):
@@ -72,7 +81,7 @@ def child(kind: str, target: str, dtype: str, hypernet: str, work: Path, threads
 
     command = [sys.executable, __file__, "--child", kind, "--targets", target, "--dtypes", dtype]
     command += ["--hypernet", hypernet, "--work", str(work), "--threads", str(threads)]
-    env = {**os.environ, HUGE_PAGES_VARIABLE: str(int(huge_pages))}
+    env = {**os.environ, HUGE_PAGES_VARIABLE: str(int(huge_pages and kind == "predict"))}
     output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -113,16 +122,20 @@ def main() -> None:
     pages = "on" if args.huge_pages else "off"
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads"
     print(f"\nmachine: {machine}; hypernetwork {args.hypernet}; huge pages {pages}\n")
-    print("| target | dtype | size (GB) | predict to disk (s) | I/O floor (s) | predict / floor | peak RSS (MB) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| target | dtype | size (GB) | predict to disk (s) | I/O floor (s) | predict / floor "
+        "| CPU: predict (s) | CPU: floor (s) | peak RSS (MB) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for target, dtype, runs in rows:
         predict = [r["seconds"] for r in runs["predict"]]
         floor = [r["seconds"] for r in runs["floor"]]
         rss = max(r["peak_rss_mb"] for r in runs["predict"])
+        cpu = {kind: _spread([r["cpu_seconds"] for r in runs[kind]]) for kind in runs}
         ratio = statistics.median(predict) / statistics.median(floor)
         print(
             f"| {target} | {dtype} | {runs['predict'][0]['bytes'] / 1e9:.2f} | {_spread(predict)} | {_spread(floor)} "
-            f"| {ratio:.2f} | {rss:,.0f} |"
+            f"| {ratio:.2f} | {cpu['predict']} | {cpu['floor']} | {rss:,.0f} |"
         )
 
 
