@@ -33,6 +33,8 @@ def one_thread():
         (["--steps", "0"], "--steps"),
         (["--lr", "nan"], "--lr"),
         (["--benchmark", "split", "--num-tasks", "6"], "--num-tasks"),
+        (["--method", "hypernet-logah", "--target", "cnn"], "--target"),
+        (["--target", "resnet"], "--target"),
     ],
 )
 def test_bad_input_is_exit_2_with_one_line(tmp_path, capsys, args: list[str], culprit: str) -> None:
@@ -83,3 +85,11 @@ def test_a_tiny_grid_writes_runs_table_and_heat_maps(tmp_path, capsys) -> None:
     row = f"| split | class | separate | 5 | 2 | {mean:.2f} ± {std:.2f} |"
     assert row in printed and row in (out / "results.md").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["grid"]  # no temporary left
+
+
+def test_a_cnn_target_for_the_hypernetize_hypernetwork_and_ewc(capsys) -> None:
+    argv = ["continual", "--method", "hypernetize,ewc", "--target", "cnn", "--setting", "class"]
+    assert main([*argv, "--seeds", "0", "--steps", "3", "--num-tasks", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "--target cnn" in table
+    assert "| split | class | hypernetize | 3 | 1 |" in table and "| split | class | ewc | 3 | 1 |" in table

@@ -82,6 +82,13 @@ def add_continual_parser(commands: argparse._SubParsersAction, parents: list[arg
         metavar="A,B",
         help="task (task id given at test time) or class (not given)",
     )
+    p.add_argument(
+        "--target",
+        choices=("mlp", "cnn"),
+        default="mlp",
+        help="the network every method trains (or the hypernetworks generate): the 784-100-100 MLP, or a "
+        "two-stage 5x5 CNN (hypernetize, finetune, ewc, si, separate; not hypernet-logah)",
+    )
     p.add_argument("--seeds", type=seeds, default="0,1,2", metavar="S,T", help="seeds")
     p.add_argument("--steps", type=positive, default=500, help="optimizer steps per task")
     p.add_argument("--batch-size", type=integer(1, 100_000), default=128, help="examples per step")
@@ -133,6 +140,8 @@ def canonical_command(args: argparse.Namespace) -> str:
         f"{args.ewc_lambda:g}",
         "--si-c",
         f"{args.si_c:g}",
+        "--target",
+        args.target,
     ]
     if args.num_tasks:
         words += ["--num-tasks", str(args.num_tasks)]
@@ -148,6 +157,8 @@ def run_continual(args: argparse.Namespace) -> int:
     from hypernets.continual.experiment import Experiment
     from hypernets.continual.grid import markdown_table, rows, run_grid, total_steps
 
+    if args.target == "cnn" and "hypernet-logah" in args.method:
+        raise UsageError("--target cnn: hypernet-logah reads the MLP's op graph only; drop it or use --target mlp")
     for benchmark in args.benchmark:
         if args.num_tasks > FULL_LENGTH[benchmark]:
             raise UsageError(f"--num-tasks {args.num_tasks}: {benchmark} has {FULL_LENGTH[benchmark]} tasks")
@@ -161,6 +172,7 @@ def run_continual(args: argparse.Namespace) -> int:
         beta=args.beta,
         ewc_lambda=args.ewc_lambda,
         si_c=args.si_c,
+        target=args.target,
         num_tasks=args.num_tasks,
     )
     grid = rows(args.method, args.benchmark, args.setting)

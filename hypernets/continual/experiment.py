@@ -21,14 +21,16 @@ from torch import Tensor
 
 from hypernets.continual.benchmarks import PIXELS, Benchmark, load_benchmark
 from hypernets.continual.consolidation import EWC, SI
-from hypernets.continual.hypernet import ChunkedHypernet, LoGAHTaskHypernet, target_mlp
+from hypernets.continual.hypernet import ChunkedHypernet, LoGAHTaskHypernet, target_cnn, target_mlp
+from hypernets.continual.hypernetized import HypernetizedTaskHypernet
 from hypernets.continual.learners import HypernetLearner, Learner, SeparateLearner, SingleNetworkLearner
 from hypernets.continual.metrics import plot_accuracy_matrix, summarize
 from hypernets.continual.names import FULL_LENGTH, SETTINGS
 from hypernets.continual.train import TrainConfig, train_continual
 
 METHODS = ("hypernet", "finetune", "separate", "ewc", "si")
-HYPERNETS = ("chunked", "logah")
+HYPERNETS = ("chunked", "logah", "hypernetize")
+TARGETS = ("mlp", "cnn")
 LOGAH_OPTIONS = dict(hidden=64, layers=2, heads=4, rank=16, max_ck=128)  # a small LoGAH: the target has 6 tensors
 
 
@@ -37,7 +39,8 @@ class Experiment:
     benchmark: str = "split"  # "permuted", "split" or "rotated"
     setting: str = "task"  # "task" (task id given at test time) or "class" (not given)
     method: str = "hypernet"  # one of METHODS
-    hypernet: str = "chunked"  # "chunked" or "logah"
+    hypernet: str = "chunked"  # one of HYPERNETS
+    target: str = "mlp"  # "mlp" (784-H-H-classes) or "cnn" (target_cnn); LoGAH reads the MLP only
     beta: float = 0.01  # hypernet: output regularizer strength
     lookahead: bool = False
     embedding_dim: int = 32
@@ -59,6 +62,7 @@ class Experiment:
             ("setting", self.setting, SETTINGS),
             ("method", self.method, METHODS),
             ("hypernet", self.hypernet, HYPERNETS),
+            ("target", self.target, TARGETS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -67,7 +71,10 @@ class Experiment:
 def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
     """The learner ``experiment`` names, initialized from its seed."""
     torch.manual_seed(experiment.seed)
-    build = partial(target_mlp, hidden=(experiment.target_hidden,) * 2, inputs=PIXELS)
+    if experiment.target == "mlp":
+        build = partial(target_mlp, hidden=(experiment.target_hidden,) * 2, inputs=PIXELS)
+    else:
+        build = target_cnn
     classes = [task.classes for task in benchmark.tasks]
     if experiment.method == "separate":
         return SeparateLearner(build, classes, experiment.lr)
@@ -83,6 +90,16 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
     options = dict(embedding_dim=experiment.embedding_dim, mip=experiment.mip, residual=experiment.residual)
     if experiment.hypernet == "chunked":
         hypernet = ChunkedHypernet(target, tasks, chunk_size=experiment.chunk_size, **options)
+    elif experiment.hypernet == "hypernetize":
+        hypernet = HypernetizedTaskHypernet(
+            target,
+            tasks,
+            body="chunked",
+            hidden=100,
+            chunk_size=experiment.chunk_size,
+            embedding_dim=experiment.embedding_dim,
+            mip=experiment.mip,
+        )
     else:
         hypernet = LoGAHTaskHypernet(target, tasks, (1, PIXELS), **LOGAH_OPTIONS, **options)
     return HypernetLearner(hypernet, target, classes, experiment.beta, experiment.lr, experiment.lookahead)
@@ -143,12 +160,14 @@ def describe(experiment: Experiment) -> str:
     method = experiment.method
     if method == "hypernet":
         extras = [experiment.hypernet, f"beta={experiment.beta:g}"]
+        extras += ["MIP"] if experiment.hypernet == "hypernetize" and experiment.mip else []
         extras += ["look-ahead"] if experiment.lookahead else []
         extras += ["entropy task inference"] if experiment.setting == "class" else []
         method = f"hypernet ({', '.join(extras)})"
     elif method == "separate" and experiment.setting == "class":
         method = "separate (entropy task inference)"
-    return f"{experiment.benchmark}, {experiment.setting}-incremental: {method}"
+    target = ", CNN target" if experiment.target == "cnn" else ""
+    return f"{experiment.benchmark}, {experiment.setting}-incremental: {method}{target}"
 
 
 def print_task_progress(num_tasks: int) -> Callable[[dict], None]:
@@ -175,7 +194,7 @@ def print_task_progress(num_tasks: int) -> Callable[[dict], None]:
 def parser(defaults: Experiment, description: str | None = None) -> argparse.ArgumentParser:
     """Command-line flags for every :class:`Experiment` field but ``benchmark``, with ``defaults`` as defaults."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = {"setting": SETTINGS, "method": METHODS, "hypernet": HYPERNETS}
+    choices = {"setting": SETTINGS, "method": METHODS, "hypernet": HYPERNETS, "target": TARGETS}
     for field in fields(Experiment):
         if field.name == "benchmark":
             continue

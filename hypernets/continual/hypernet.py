@@ -42,6 +42,15 @@ def target_mlp(num_classes: int, hidden: Sequence[int] = (100, 100), inputs: int
     return relu_mlp([inputs, *hidden, num_classes])
 
 
+def target_cnn(num_classes: int, channels: Sequence[int] = (16, 32), side: int = 28) -> nn.Sequential:
+    """A small CNN target for flat ``[n, side * side]`` images: two 5x5 conv + ReLU + 2x2 max-pool stages."""
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, side, side))]
+    for fan_in, fan_out in pairwise([1, *channels]):
+        layers += [nn.Conv2d(fan_in, fan_out, 5), nn.ReLU(), nn.MaxPool2d(2)]
+        side = (side - 4) // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * side * side, num_classes))
+
+
 class TaskHypernet(nn.Module):
     """Shared bookkeeping: the target's parameter names and shapes, and one embedding per task.
 
@@ -70,6 +79,10 @@ class TaskHypernet(nn.Module):
         """Every parameter but the task embeddings: what all tasks share."""
         embeddings = {id(p) for p in self.task_embeddings}
         return [p for p in self.parameters() if id(p) not in embeddings]
+
+    def trainable(self, task: int) -> list[nn.Parameter]:
+        """What training task ``task`` moves: the shared weights and that task's embedding alone."""
+        return [*self.weights(), self.task_embeddings[task]]
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """One flat ``[num_params]`` row -> ``{name: tensor}`` in the target's exact shapes."""

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from hypernets.continual.benchmarks import Task
 from hypernets.continual.consolidation import Consolidation
 from hypernets.continual.hypernet import TaskHypernet
+from hypernets.continual.hypernetized import HypernetizedTaskHypernet
 from hypernets.continual.inference import infer_task
 from hypernets.continual.regularizer import OutputRegularizer, adam_step
 
@@ -67,7 +68,7 @@ class HypernetLearner(PerTaskNetworks):
 
     def __init__(
         self,
-        hypernet: TaskHypernet,
+        hypernet: TaskHypernet | HypernetizedTaskHypernet,
         target: nn.Module,
         classes: Sequence[Sequence[int]],
         beta: float,
@@ -80,7 +81,7 @@ class HypernetLearner(PerTaskNetworks):
         self.optimizer: torch.optim.Adam | None = None
 
     def begin_task(self, task: int) -> None:
-        self.optimizer = torch.optim.Adam([*self.hypernet.weights(), self.hypernet.task_embeddings[task]], lr=self.lr)
+        self.optimizer = torch.optim.Adam(self.hypernet.trainable(task), lr=self.lr)
 
     def logits(self, task: int, x: Tensor) -> Tensor:
         return functional_call(self.target, self.hypernet.predict(task), (x,))

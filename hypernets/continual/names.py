@@ -8,6 +8,7 @@ SETTINGS = ("task", "class")  # task id given at test time, or not
 GRID_METHODS: dict[str, dict] = {  # method name -> Experiment settings
     "hypernet": dict(method="hypernet"),
     "hypernet-logah": dict(method="hypernet", hypernet="logah", mip=True, residual=True),
+    "hypernetize": dict(method="hypernet", hypernet="hypernetize", mip=True),
     "ewc": dict(method="ewc"),
     "si": dict(method="si"),
     "finetune": dict(method="finetune"),
