@@ -13,11 +13,13 @@ tried four ways:
 
 It prints a markdown table, family by view, with ``ok`` or the first line of the error, and totals. Then it
 times the conversion of two large models on the ``meta`` device (GPT-2 Large and a 1.1B-parameter Llama,
-op graph and neuron-graph structure), each in a fresh process so that the peak resident set
-(``resource.getrusage``) is that conversion's.
+op graph and neuron-graph structure), each in a fresh process so that the peak resident set (Linux's
+``VmHWM``) is that conversion's, by wall clock and by the process's CPU time (which the load of a shared
+machine does not inflate).
 
-    python recipes/bench/bench_coverage.py                    # the documented run, a few minutes on 2 cores
-    python recipes/bench/bench_coverage.py --families hf-bloom timm-swin --no-large
+    OMP_NUM_THREADS=1 python recipes/bench/bench_coverage.py  # the documented run, a few minutes on 2 cores
+    python recipes/bench/bench_coverage.py --families bloom "timm swin" --no-large
+    python recipes/bench/bench_coverage.py --no-zoo           # only the large models
 """
 
 from __future__ import annotations
