@@ -31,10 +31,11 @@ def gradients(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_eager_for_one_condition_and_a_batch_of_them() -> None:
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])  # graph capture and autograd; then code generation
+def test_torch_compile_matches_eager_for_one_condition_and_a_batch_of_them(backend: str) -> None:
     torch.manual_seed(0)
     model = hypernetize(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)), params="0.*")
-    compiled = torch.compile(model, backend="aot_eager")
+    compiled = torch.compile(model, backend=backend)
     x = torch.randn(4, 3)
     for condition in (torch.tensor(0.3), torch.tensor([0.0, 0.2, 0.7, 1.0])):
         eager, graph = model(x, condition=condition), compiled(x, condition=condition)

@@ -49,6 +49,8 @@ PROBE_IMAGES = 1000
 MODELS = ("MIP", "plain", "hyperlight")
 COLORS = {"MIP": "C0", "plain": "C1", "hyperlight": "C2"}
 INSTALL_HYPERLIGHT = "pip install hyperlight --no-deps"
+TIMING_ROUNDS = 10  # rounds of TIMING_STEPS training steps per model, the models taking turns
+TIMING_STEPS = 20
 
 
 class HyperlightModel(nn.Module):
@@ -125,6 +127,20 @@ def curve(name: str, seed: int, settings: TrainSettings, data: LabeledTensorData
     }
 
 
+def step_times(names: list[str], data: LabeledTensorDataset) -> dict[str, float]:
+    """Median milliseconds per training step of each model over rounds in turn (A B C A B C ...): a busy spell
+    on shared cores then slows every model alike, and the median drops the rounds it hit hardest."""
+    torch.manual_seed(0)
+    models = {name: build(name) for name in names}
+    rounds: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(TIMING_ROUNDS):
+        for name, model in models.items():
+            start = time.perf_counter()
+            train(model, data, TrainSettings(steps=TIMING_STEPS, seed=index))
+            rounds[name].append(1000 * (time.perf_counter() - start) / TIMING_STEPS)
+    return {name: statistics.median(times) for name, times in rounds.items()}
+
+
 def steps_to(points: list[tuple[int, float]], threshold: float) -> int | None:
     return next((step for step, loss in points if loss <= threshold), None)
 
@@ -196,6 +212,7 @@ def main() -> None:
                 runs.append(curve(name, seed, settings, data, args.every))
                 print(json.dumps(runs[-1]), file=f, flush=True)
     plot(runs, args.threshold, args.out / "probe_loss.png")
+    medians = step_times(args.models, data)
 
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {args.threads} torch thread(s), torch {torch.__version__}"
@@ -203,9 +220,9 @@ def main() -> None:
     print(f"`python {shlex.join(sys.argv)}` ({machine})\n")
     print(
         f"| parametrization | hypernetwork parameters | steps to probe loss <= {args.threshold:g} | "
-        f"probe loss after {args.steps} steps | ms/step |"
+        f"probe loss after {args.steps} steps | ms/step in those runs | ms/step, models in turn (median) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for name in args.models:
         mine = [run for run in runs if run["model"] == name]
         reached = [s for s in (steps_to(run["points"], args.threshold) for run in mine) if s is not None]
@@ -214,8 +231,11 @@ def main() -> None:
             steps += f" ({len(reached)} of {len(mine)} seeds; the others never)"
         final = mean_std([run["points"][-1][1] for run in mine], 3)
         speed = mean_std([run["ms_per_step"] for run in mine], 1)
-        print(f"| {name} | {mine[0]['parameters']:,} | {steps} | {final} | {speed} |")
-    print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std.\n")
+        print(f"| {name} | {mine[0]['parameters']:,} | {steps} | {final} | {speed} | {medians[name]:.1f} |")
+    print(
+        f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; the last column: median of "
+        f"{TIMING_ROUNDS} rounds of {TIMING_STEPS} steps per model, the models taking turns.\n"
+    )
     print("| resnet18 conv weights from 10 conditions | hypernetwork parameters | less theta0 |")
     print("|---|---|---|")
     for name, size, body in resnet18_sizes(with_hyperlight):
