@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -98,11 +97,6 @@ wider networks than any training one. Without --hypernet the shipped ones for th
 results.md, results.json and curves.png.
 """
 
-# Predicting fills hundreds of MB of fresh memory, part after part: backed by 2 MB transparent huge pages it
-# takes far fewer page faults (the random base is drawn about a third faster on the 2-core box). torch reads
-# this variable once, at its first large CPU allocation, so the command sets it before doing anything.
-HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
-
 SHIPPED_FOR_FAMILY = {
     "vit": [("LoGAH", "vit-mnist"), ("tiled", "vit-mnist-tiled")],
     "gpt2": [("LoGAH", "gpt2-pydoc")],
@@ -112,7 +106,6 @@ SHIPPED_FOR_FAMILY = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hypernets`` console script; returns the exit status (docs/cli.md)."""
-    os.environ.setdefault(HUGE_PAGES_VARIABLE, "1")
     from hypernets.checkpoint import CheckpointError
     from hypernets.graph import GraphConversionError
     from hypernets.train.loop import TrainingDiverged

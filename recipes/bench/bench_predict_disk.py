@@ -8,9 +8,8 @@ Each measurement runs in a fresh Python process, so that its peak resident set (
   same directory, timing the write alone (the zeros are allocated before the clock starts).
 
 Outputs are deleted after each measurement. ``--repeats`` runs each pair that many times (floor first, then
-predict, alternating) and reports the median and the range. *Predict* runs with torch's transparent huge pages
-on, as ``hypernets predict`` runs (``--no-huge-pages``: off); the floor without (its zeros would become real
-memory instead of the kernel's shared zero page).
+predict, alternating) and reports the median and the range, with the CPU seconds of every thread beside the
+wall time (on a shared machine the load stretches wall time far more than CPU time).
 
     python recipes/bench/bench_predict_disk.py
     python recipes/bench/bench_predict_disk.py --targets gpt2:large --dtypes float32 --repeats 3
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
@@ -76,13 +74,10 @@ def _entries(hnet, model):
     return plan_entries(hnet.op_graphs([model], None))
 
 
-def child(kind: str, target: str, dtype: str, hypernet: str, work: Path, threads: int, huge_pages: bool) -> dict:
-    from hypernets.cli import HUGE_PAGES_VARIABLE
-
+def child(kind: str, target: str, dtype: str, hypernet: str, work: Path, threads: int) -> dict:
     command = [sys.executable, __file__, "--child", kind, "--targets", target, "--dtypes", dtype]
     command += ["--hypernet", hypernet, "--work", str(work), "--threads", str(threads)]
-    env = {**os.environ, HUGE_PAGES_VARIABLE: str(int(huge_pages and kind == "predict"))}
-    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -94,12 +89,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-predict-disk"), help="where files go")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    parser.add_argument(
-        "--huge-pages",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="torch's transparent huge pages, as hypernets predict sets them (default: on)",
-    )
     parser.add_argument("--child", choices=("floor", "predict"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -114,14 +103,10 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"floor": [], "predict": []}
             for _ in range(args.repeats):
                 for kind in runs:
-                    runs[kind].append(
-                        child(kind, target, dtype, args.hypernet, args.work, args.threads, args.huge_pages)
-                    )
+                    runs[kind].append(child(kind, target, dtype, args.hypernet, args.work, args.threads))
             rows.append((target, dtype, runs))
             print(json.dumps({"target": target, "dtype": dtype, **runs}), flush=True)
-    pages = "on" if args.huge_pages else "off"
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"\nmachine: {machine}; hypernetwork {args.hypernet}; huge pages {pages}\n")
+    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads; hypernetwork {args.hypernet}\n")
     print(
         "| target | dtype | size (GB) | predict to disk (s) | I/O floor (s) | predict / floor "
         "| CPU: predict (s) | CPU: floor (s) | peak RSS (MB) |"
