@@ -540,6 +540,18 @@ def test_wrong_example_input_names_model_and_module(build, inputs, where):
         trace(build(), inputs)
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: tiny_vit(1, 16, 2, patch_size=8, img_size=32),
+        lambda: timm.models.mlp_mixer.MlpMixer(img_size=32, patch_size=8, num_blocks=1, embed_dim=16),
+    ],
+    ids=["vit-patch_embed", "mixer-stem"],
+)
+def test_image_size_is_guessed_from_the_patch_embedding(build):
+    assert trace(build()).ops[0].out_shape == (1, 3, 32, 32)  # not the 224 of the pretrained config
+
+
 def test_inputs_that_cannot_be_guessed_must_be_passed():
     with pytest.raises(InvalidInputError, match=r"cannot guess example inputs for Sequential: pass inputs="):
         trace(zoo.mlp())

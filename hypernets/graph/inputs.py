@@ -46,8 +46,8 @@ def normalize_inputs(model: nn.Module, inputs: Inputs) -> tuple[tuple[Any, ...],
 def default_inputs(model: nn.Module) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Inputs for timm vision models (image size from the patch embedding or pretrained config) and
     Hugging Face language models (a short run of token ids)."""
-    patch_embed = getattr(model, "patch_embed", None)
-    if patch_embed is not None and hasattr(patch_embed, "img_size") and hasattr(patch_embed, "proj"):
+    patch_embed = _patch_embedding(model)
+    if patch_embed is not None:
         channels = patch_embed.proj.in_channels
         return (torch.zeros(1, channels, *patch_embed.img_size),), {}
     pretrained_cfg = getattr(model, "pretrained_cfg", None)
@@ -61,6 +61,19 @@ def default_inputs(model: nn.Module) -> tuple[tuple[Any, ...], dict[str, Any]]:
     raise InvalidInputError(
         f"cannot guess example inputs for {type(model).__name__}: pass inputs= (a tensor, a shape such "
         f"as (1, 3, 32, 32), positional arguments, or keyword arguments)"
+    )
+
+
+def _patch_embedding(model: nn.Module) -> nn.Module | None:
+    """timm's patch embedding with a fixed image size, wherever the model keeps it (``patch_embed`` in a ViT,
+    ``stem`` in MLP-Mixer): the first module with an ``img_size`` and a ``proj`` conv."""
+    return next(
+        (
+            module
+            for module in model.modules()
+            if getattr(module, "img_size", None) is not None and isinstance(getattr(module, "proj", None), nn.Conv2d)
+        ),
+        None,
     )
 
 
