@@ -10,6 +10,7 @@ the drop from the best accuracy a task ever had.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -67,7 +68,7 @@ def plot_accuracy_matrix(matrix: Tensor, path: str | Path, title: str = "") -> N
     ax.set_ylabel("after training task i")
     ax.set_xticks(range(tasks))
     ax.set_yticks(range(tasks))
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.fill(line, 48) for line in title.splitlines()), fontsize=9)
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
