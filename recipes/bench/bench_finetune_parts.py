@@ -5,10 +5,11 @@ Face's random init and a hypernetwork's prediction: ``random`` and ``predicted``
 ``random:PART,...`` is random init with those parts predicted, ``predicted:PART,...`` the prediction with
 those parts random. Every row is fine-tuned with AdamW on the same batches for the same steps, and its eval
 loss printed at evenly spaced steps. For reference, the eval loss of unigram and bigram byte models counted on
-the train split (add-k smoothing towards the unigram).
+the train split (add-k smoothing towards the unigram), and each predicted matrix's std and effective rank.
 
     python recipes/bench/bench_finetune_parts.py --hypernet gpt2-pydoc --target l2-w768 --threads 1
     python recipes/bench/bench_finetune_parts.py --rows predicted --lr 1e-3 --threads 1
+    python recipes/bench/bench_finetune_parts.py --rows predicted --base-gain 1 --threads 1  # full random base
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def assembled(source: str, parts: list[str], states: dict[str, dict[str, Tensor]
     return state
 
 
+def effective_rank(matrix: Tensor) -> float:
+    """The participation ratio of the singular values, (sum s)^2 / sum s^2: the number of directions that
+    carry the matrix."""
+    s = torch.linalg.svdvals(matrix.float())
+    return (s.sum() ** 2 / (s**2).sum()).item()
+
+
 def ngram_losses(task: TextTask, k: float = 0.1) -> dict[str, float]:
     """Eval loss of the unigram and bigram byte models of the train split (the bigram smoothed with ``k``
     pseudo-counts per byte spread as the unigram)."""
@@ -91,6 +99,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=4, help="evaluations after step 0")
     parser.add_argument("--seed", type=int, default=0, help="seeds random init and the batch order")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--base-gain", type=float, help="set every MIP base gain (theta_0's scale) before predicting")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -98,12 +107,19 @@ def main() -> None:
     arch = GPT2Arch(layers, width, max(2, width // 64), 64)
     task = TextTask()
     hypernet = LoGAH.from_pretrained(args.hypernet).eval()
+    if args.base_gain is not None:
+        with torch.no_grad():
+            hypernet.base_gain.fill_(args.base_gain)
     states = {
         "random": initialize(arch, None, args.seed).state_dict(),
         "predicted": initialize(arch, hypernet, args.seed).state_dict(),
     }
     references = ngram_losses(task)
     print(json.dumps({"target": args.target, "lr": args.lr, **references}), flush=True)
+    for name, tensor in states["predicted"].items():
+        if tensor.ndim == 2:
+            spectrum = {"std": tensor.std().item(), "effective_rank": effective_rank(tensor), "of": min(tensor.shape)}
+            print(json.dumps({"predicted": name, **spectrum}), flush=True)
 
     lines = []
     for source, parts in args.rows:
