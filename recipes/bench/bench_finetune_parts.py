@@ -10,6 +10,7 @@ the train split (add-k smoothing towards the unigram), and each predicted matrix
     python recipes/bench/bench_finetune_parts.py --hypernet gpt2-pydoc --target l2-w768 --threads 1
     python recipes/bench/bench_finetune_parts.py --rows predicted --lr 1e-3 --threads 1
     python recipes/bench/bench_finetune_parts.py --rows predicted --base-gain 1 --threads 1  # full random base
+    python recipes/bench/bench_finetune_parts.py --rows random:block-matrices --match-norms  # shape, not size
 """
 
 from __future__ import annotations
@@ -58,13 +59,16 @@ def label(source: str, parts: list[str]) -> str:
     return f"{'random init' if source == 'random' else 'predicted'}, {other} {' + '.join(parts)}"
 
 
-def assembled(source: str, parts: list[str], states: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
-    """``source``'s state dict with every tensor of ``parts`` taken from the other source."""
+def assembled(
+    source: str, parts: list[str], states: dict[str, dict[str, Tensor]], match_norms: bool = False
+) -> dict[str, Tensor]:
+    """``source``'s state dict with every tensor of ``parts`` taken from the other source, rescaled to the
+    norm of the tensor it replaces when ``match_norms`` (its direction without its size)."""
     other = states["predicted" if source == "random" else "random"]
     state = dict(states[source])
     for name, tensor in state.items():
         if any(PARTS[p](name, tensor) for p in parts):
-            state[name] = other[name]
+            state[name] = other[name] * (tensor.norm() / other[name].norm()) if match_norms else other[name]
     return state
 
 
@@ -99,6 +103,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=4, help="evaluations after step 0")
     parser.add_argument("--seed", type=int, default=0, help="seeds random init and the batch order")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--match-norms", action="store_true", help="swapped tensors keep the replaced one's norm")
     parser.add_argument("--base-gain", type=float, help="set every MIP base gain (theta_0's scale) before predicting")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -125,11 +130,12 @@ def main() -> None:
     for source, parts in args.rows:
         start = time.perf_counter()
         model = initialize(arch, None, args.seed)
-        model.load_state_dict(assembled(source, parts, states))
+        model.load_state_dict(assembled(source, parts, states, args.match_norms))
         steps, scores = finetune(model, task, args.steps, args.lr, args.batch_size, args.seed, points=args.points)
         seconds = time.perf_counter() - start
-        print(json.dumps({"row": label(source, parts), "steps": steps, "loss": scores, "seconds": seconds}), flush=True)
-        lines.append(f"| {label(source, parts)} | " + " | ".join(f"{s:.3f}" for s in scores) + " |")
+        name = label(source, parts) + (" (norms matched)" if args.match_norms and parts else "")
+        print(json.dumps({"row": name, "steps": steps, "loss": scores, "seconds": seconds}), flush=True)
+        lines.append(f"| {name} | " + " | ".join(f"{s:.3f}" for s in scores) + " |")
 
     print(f"\n{args.target}, AdamW {args.lr:g}, batch {args.batch_size}, seed {args.seed}\n")
     print("| initialization | " + " | ".join(f"step {s}" for s in steps) + " |")
