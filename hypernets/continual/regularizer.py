@@ -15,11 +15,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from hypernets.continual.hypernet import TaskHypernet
-
 
 class OutputRegularizer:
-    """``beta * mean_j ||h(e_j) - theta*_j||^2`` over the tasks of the last :meth:`snapshot`."""
+    """``beta * mean_j ||h(e_j) - theta*_j||^2`` over the tasks of the last :meth:`snapshot`; ``hypernet`` is
+    any module mapping ``[k]`` task ids to ``[k, num_params]`` flat parameters."""
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
@@ -27,12 +26,12 @@ class OutputRegularizer:
         self.targets = torch.zeros(0)
 
     @torch.no_grad()
-    def snapshot(self, hypernet: TaskHypernet, tasks: Sequence[int]) -> None:
+    def snapshot(self, hypernet: nn.Module, tasks: Sequence[int]) -> None:
         """Freeze the hypernetwork's current outputs for ``tasks`` as the targets to keep."""
         self.tasks = torch.tensor(list(tasks), dtype=torch.long)
         self.targets = hypernet(self.tasks).detach().clone() if len(self.tasks) else torch.zeros(0)
 
-    def __call__(self, hypernet: TaskHypernet, weights: dict[str, Tensor] | None = None) -> Tensor:
+    def __call__(self, hypernet: nn.Module, weights: dict[str, Tensor] | None = None) -> Tensor:
         """The penalty now, or at ``weights`` (name -> value overrides, e.g. look-ahead ``W + dW``)."""
         if not len(self.tasks):
             return torch.zeros(())
