@@ -195,8 +195,9 @@ def prune(
             bar = tqdm(total=steps, desc="prune", disable=not progress, leave=False)
             while not reached(cost, params) and pruner.current_step < steps:
                 pruner.step()
-                for attn in attention_modules(pruned):  # heads may have lost channels: their size follows qkv's
-                    set_num_heads(attn, attn.num_heads)
+                if head_dims:  # heads lost channels: their size follows qkv's
+                    for attn in attention_modules(pruned):
+                        set_num_heads(attn, attn.num_heads)
                 bar.update()
                 macs, params = count_macs_params(pruned, example_inputs)
                 cost = _cost(pruned, example_inputs, counter, macs)
@@ -373,9 +374,10 @@ def _prune_heads(
 def set_num_heads(attn: nn.Module, num_heads: int) -> None:
     """Tell a timm attention layer that its (already resized) ``qkv`` and ``proj`` hold ``num_heads`` heads; their
     size follows. A new head size also sets the softmax scale to ``head_dim ** -0.5``, which is what fused attention
-    (``scaled_dot_product_attention``) uses whatever ``scale`` says, so both of timm's paths compute the same."""
+    (``scaled_dot_product_attention``) uses whatever ``scale`` says, so both of timm's paths compute the same.
+    Layers that keep no ``head_dim`` (Swin's, which reshape with -1) get it for the record."""
     head_dim = attn.qkv.weight.shape[0] // (3 * num_heads)
-    if head_dim != attn.head_dim and hasattr(attn, "scale"):
+    if head_dim != getattr(attn, "head_dim", head_dim) and hasattr(attn, "scale"):
         attn.scale = head_dim**-0.5
     attn.num_heads, attn.head_dim, attn.attn_dim = num_heads, head_dim, num_heads * head_dim
 
