@@ -15,14 +15,7 @@ from hypernets.checkpoint import CheckpointError
 from hypernets.conditional import Hypernetized, hypernetize
 from hypernets.conditional.label_smoothing import expected_calibration_error
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks run far faster on one thread than on contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cnn(seed: int = 0) -> nn.Sequential:

@@ -20,15 +20,6 @@ from hypernets.data import load_mnist
 NAN = float("nan")
 
 
-@pytest.fixture
-def one_thread():
-    """Small networks run far faster on one thread than on contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_metrics_on_a_hand_worked_matrix() -> None:
     matrix = torch.tensor([[90.0, NAN, NAN], [92.0, 95.0, NAN], [70.0, 85.0, 99.0]])
     assert average_accuracy(matrix) == pytest.approx((70 + 85 + 99) / 3)

@@ -7,17 +7,11 @@ import json
 import statistics
 
 import pytest
-import torch
 
 from hypernets.cli import main
 from hypernets.continual.grid import mean_std
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # the command sets 1
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

@@ -17,14 +17,6 @@ from hypernets.continual.inference import entropy, infer_task
 from hypernets.continual.learners import PerTaskNetworks, SingleNetworkLearner
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_fisher_of_a_softmax_layer_matches_its_closed_form() -> None:
     """For logits ``Wx + b``: ``d log p_c / d b_k = [c = k] - p_k``, so ``E_c[(.)^2] = p_k (1 - p_k)``
     for the bias and ``p_k (1 - p_k) x_j^2`` for the weight."""

@@ -20,12 +20,7 @@ TINY = LoGAHConfig(hidden=32, layers=1, heads=2, rank=4, max_ck=64)
 SMALL_VIT = ViTArch(depth=1, embed_dim=32, num_heads=2, mlp_ratio=2.0, patch_size=14, pool="avg")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiled_baseline_has_about_as_many_parameters():
