@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .conv1d import Magnitude, customized_pruners, is_conv1d, pruner_options
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
+from .token_mixing import token_mixing_linears
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
@@ -173,8 +174,8 @@ def prune(
     check_finite(model)
     imp = importance(method)
     pruned = copy.deepcopy(model)
-    ignored = _resolve_layers(model, pruned, ignored_layers)
     with _without_cache(pruned):
+        ignored = _ignored(model, pruned, example_inputs, ignored_layers)
         base_macs, base_params = count_macs_params(pruned, example_inputs)
         base_cost = _cost(pruned, example_inputs, counter, base_macs)
 
@@ -260,7 +261,7 @@ def sparse_regularizer(
             example_inputs,
             importance("group_norm"),
             reg=reg,
-            ignored_layers=_resolve_layers(model, model, ignored_layers),
+            ignored_layers=_ignored(model, model, example_inputs, ignored_layers),
             num_heads=_attention_heads(model),
             in_channel_groups={},
             out_channel_groups={},
@@ -413,6 +414,13 @@ def _kept_whole(model: nn.Module) -> list[str]:
 
 def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     return {m.qkv: m.num_heads for m in attention_modules(model)}
+
+
+def _ignored(original: nn.Module, target: nn.Module, example_inputs: Tensor, layers: Layers | None) -> list[nn.Module]:
+    """The ignored layers of ``target`` (see :func:`_resolve_layers`), plus its linears along tokens, always: the
+    dependency graph would couple their tokens with channels (see :mod:`metaprune.token_mixing`)."""
+    along_tokens = token_mixing_linears(original, example_inputs)
+    return _resolve_layers(original, target, layers) + _resolve_layers(original, target, along_tokens)
 
 
 def _resolve_layers(original: nn.Module, target: nn.Module, layers: Layers | None) -> list[nn.Module]:

@@ -1,0 +1,91 @@
+"""Find the linear layers that mix along tokens rather than features.
+
+MLP-Mixer's and ResMLP's token mixing and gMLP's spatial gating unit apply an ``nn.Linear`` to a transposed
+sequence. Torch-Pruning's dependency graph does not follow the transpose: it couples the token axis with the
+channels, so pruning them would cut tokens as if they were channels. This module runs the example input once and
+follows which axis of every tensor holds the features, so that those layers can be kept whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+_SWAPS = {"transpose", "swapaxes", "swapdims"}
+_FEATURES_FIRST = {"conv1d", "conv2d", "conv3d", "batch_norm", "group_norm", "instance_norm"}
+
+
+class _FeatureAxes(TorchFunctionMode):
+    """Tracks the feature axis of every tensor of one forward pass (where it is known) and records the linear
+    layers whose input has its features on an axis other than the last."""
+
+    def __init__(self, weights: dict[int, str]) -> None:
+        super().__init__()
+        self.weights = weights  # id of a Linear's weight -> the Linear's name
+        self.axes: dict[int, int] = {}  # id of a tensor -> its feature axis, from the front
+        self.alive: list[Tensor] = []  # keeps every tracked tensor alive, so that ids are not reused
+        self.along_tokens: set[str] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if isinstance(out, Tensor):
+            axis = self._output_axis(getattr(func, "__name__", ""), args, kwargs, out)
+            if axis is not None and 0 <= axis < out.dim():
+                self.axes[id(out)] = axis
+                self.alive.append(out)
+        return out
+
+    def _axis(self, tensor: Any) -> int | None:
+        return self.axes.get(id(tensor)) if isinstance(tensor, Tensor) else None
+
+    def _output_axis(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> int | None:
+        source = args[0] if args else None
+        axis = self._axis(source)
+        if name == "linear":
+            if axis is not None and axis != source.dim() - 1 and id(args[1]) in self.weights:
+                self.along_tokens.add(self.weights[id(args[1])])
+                return axis  # the features pass through a linear along tokens
+            return out.dim() - 1
+        if name == "layer_norm":
+            return out.dim() - 1
+        if name in _FEATURES_FIRST:
+            return 1
+        if axis is None:
+            return next((self._axis(a) for a in args if self._axis(a) is not None and a.dim() == out.dim()), None)
+        if name in _SWAPS:
+            first, second = (d % source.dim() for d in _dims(args[1:], kwargs, ("dim0", "dim1")))
+            return {first: second, second: first}.get(axis, axis)
+        if name == "permute":
+            order = [
+                d % source.dim() for d in (args[1] if len(args) == 2 and not isinstance(args[1], int) else args[1:])
+            ]
+            return order.index(axis)
+        if name == "flatten":
+            start, end = (d % source.dim() for d in _dims(args[1:], kwargs, ("start_dim", "end_dim"), (0, -1)))
+            return axis if axis < start else axis - (end - start) if axis > end else None
+        return axis if out.dim() == source.dim() else None
+
+
+def _dims(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple[int, ...] = ()) -> list[int]:
+    """The dimension arguments ``names`` of a call, given by position, keyword or default."""
+    defaults = defaults or (None,) * len(names)
+    return [args[i] if i < len(args) else kwargs.get(name, defaults[i]) for i, name in enumerate(names)]
+
+
+def token_mixing_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
+    """The names of the ``nn.Linear`` layers of ``model`` that read their input along a non-feature axis (a
+    transposed sequence), found by running ``example_inputs`` once without gradients."""
+    weights = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    mode = _FeatureAxes(weights)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), mode:
+            model(example_inputs)
+    finally:
+        model.train(was_training)
+    return [name for name in weights.values() if name in mode.along_tokens]
