@@ -188,14 +188,22 @@ def prune(
             torch.manual_seed(seed)
             if head_ratio > 0:
                 _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
-            pruner = _pruner(
-                pruned, example_inputs, imp, ignored, global_pruning=global_pruning, head_dims=head_dims, steps=steps
-            )
+            with _naming_torch_pruning("building the dependency graph"):
+                pruner = _pruner(
+                    pruned,
+                    example_inputs,
+                    imp,
+                    ignored,
+                    global_pruning=global_pruning,
+                    head_dims=head_dims,
+                    steps=steps,
+                )
             macs, params = count_macs_params(pruned, example_inputs)
             cost = _cost(pruned, example_inputs, counter, macs)
             bar = tqdm(total=steps, desc="prune", disable=not progress, leave=False)
             while not reached(cost, params) and pruner.current_step < steps:
-                pruner.step()
+                with _naming_torch_pruning(f"pruning step {pruner.current_step + 1} of {steps}"):
+                    pruner.step()
                 if head_dims:  # heads lost channels: their size follows qkv's
                     for attn in attention_modules(pruned):
                         set_num_heads(attn, attn.num_heads)
@@ -219,6 +227,21 @@ def _cost(model: nn.Module, example_inputs: Tensor, counter: Counter, macs: int)
     from .flops import count_flops
 
     return count_flops(model, example_inputs)
+
+
+@contextmanager
+def _naming_torch_pruning(stage: str) -> Iterator[None]:
+    """Say in the traceback of an error raised by Torch-Pruning where it failed and the usual cause; it stays an
+    internal error (exit 3), since a layer the dependency graph couples wrongly is a bug to report, not bad input."""
+    try:
+        yield
+    except Exception as err:
+        err.add_note(
+            f"metaprune: Torch-Pruning failed while {stage}; the usual cause is a layer its dependency graph couples "
+            "with channels that do not match (such as a layer applied along a non-feature axis): keep it whole "
+            "with ignored_layers, and report the model"
+        )
+        raise
 
 
 @contextmanager

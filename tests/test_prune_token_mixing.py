@@ -63,3 +63,10 @@ def test_a_mixer_prunes_its_channel_mlps_and_equals_the_dense_model_with_those_c
         assert torch.equal(block.mlp_channels.fc2.weight, original.mlp_channels.fc2.weight[:, kept])
     torch.testing.assert_close(pruned(x), zeroed(x))
     assert pruned(x).shape == (2, 10)
+
+
+def test_a_torch_pruning_failure_stays_an_internal_error_that_says_where_it_happened(monkeypatch) -> None:
+    monkeypatch.setattr("metaprune.prune.token_mixing_linears", lambda model, example_inputs: [])
+    with pytest.raises(IndexError) as failure:  # the graph couples the mixer's tokens with its channels
+        prune(_mixer(), torch.randn(2, 1, 32, 32), speedup=1.5)
+    assert "Torch-Pruning failed while pruning step 1 of 100" in "".join(failure.value.__notes__)
