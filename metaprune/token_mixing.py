@@ -55,19 +55,17 @@ class _FeatureAxes(TorchFunctionMode):
         if name in _FEATURES_FIRST:
             return 1
         if axis is None:
-            return next((self._axis(a) for a in args if self._axis(a) is not None and a.dim() == out.dim()), None)
+            return next((self._axis(a) for a in args if self._axis(a) is not None and a.shape == out.shape), None)
         if name in _SWAPS:
             first, second = (d % source.dim() for d in _dims(args[1:], kwargs, ("dim0", "dim1")))
             return {first: second, second: first}.get(axis, axis)
         if name == "permute":
-            order = [
-                d % source.dim() for d in (args[1] if len(args) == 2 and not isinstance(args[1], int) else args[1:])
-            ]
-            return order.index(axis)
+            order = kwargs.get("dims") or (args[1] if len(args) == 2 and not isinstance(args[1], int) else args[1:])
+            return [d % source.dim() for d in order].index(axis)
         if name == "flatten":
             start, end = (d % source.dim() for d in _dims(args[1:], kwargs, ("start_dim", "end_dim"), (0, -1)))
             return axis if axis < start else axis - (end - start) if axis > end else None
-        return axis if out.dim() == source.dim() else None
+        return axis if out.shape == source.shape else None  # elementwise; any other op loses the axis
 
 
 def _dims(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple[int, ...] = ()) -> list[int]:
