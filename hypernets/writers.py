@@ -113,7 +113,7 @@ def save_prediction(
     stream = _prefetched(_stream(hypernet, graphs, plans, dtype, buffers))
     meta = {"format": "pt", **(metadata or {})}
     if format == "safetensors":
-        meta[TIED_KEY] = json.dumps(_tied(model))
+        meta[TIED_KEY] = json.dumps(tied_parameters(model))
     total = sum(t.nbytes for t in tensors)
     with _bar(total, progress) as bar:
         if format == "safetensors":
@@ -240,7 +240,7 @@ def _reset_value(name: str, buffer: Tensor) -> Tensor:
     return torch.full(buffer.shape, fill, dtype=buffer.dtype)
 
 
-def _tied(model: nn.Module) -> dict[str, str]:
+def tied_parameters(model: nn.Module) -> dict[str, str]:
     """``{alias: first name}`` of parameters reachable under more than one name."""
     first: dict[int, str] = {}
     tied = {}

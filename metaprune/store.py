@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from hypernets.checkpoint import json_text, load_state_strict, read_json
-from hypernets.writers import _tied as tied_parameters  # {alias: stored name}
+from hypernets.writers import tied_parameters  # {alias: stored name}
 from metaprune.conv1d import is_conv1d
 from metaprune.population import CONFIG_FILE, WEIGHTS_FILE, build_from_config
 from metaprune.prune import is_attention, set_num_heads
