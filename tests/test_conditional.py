@@ -107,6 +107,22 @@ def test_conditions_of_the_wrong_shape_range_or_type_raise() -> None:
         hypernetize(small_cnn(), mip=False, from_existing=True)
 
 
+def test_task_embeddings_are_the_table_each_task_id_reads() -> None:
+    model = hypernetize(small_cnn(), params=["0.weight"], condition="task:3", embedding_dim=4)
+    table = model.task_embeddings
+    assert table.shape == (3, 4)
+    with torch.no_grad():
+        table[1] += 1.0  # only task 1's prediction may change
+    after = {t: model.predict(t)["0.weight"] for t in range(3)}
+    with torch.no_grad():
+        table[1] -= 1.0
+    assert torch.equal(after[0], model.predict(0)["0.weight"])
+    assert torch.equal(after[2], model.predict(2)["0.weight"])
+    assert not torch.equal(after[1], model.predict(1)["0.weight"])
+    with pytest.raises(ValueError, match="no task embeddings"):
+        _ = hypernetize(small_cnn(), condition="scalar").task_embeddings
+
+
 @pytest.mark.parametrize(
     ("condition", "conditions", "options"),
     [

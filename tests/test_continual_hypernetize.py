@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hypernets.continual.hypernet import target_cnn, target_mlp
-from hypernets.continual.hypernetized import EMBEDDING_TABLE, HypernetizedTaskHypernet
+from hypernets.continual.hypernetized import HypernetizedTaskHypernet
 from hypernets.continual.learners import HypernetLearner
 
 TINY = dict(body="chunked", hidden=16, layers=1, chunk_size=256, chunk_dim=8, embedding_dim=4)
@@ -33,7 +33,7 @@ def test_training_a_task_leaves_the_other_embeddings_where_they_were() -> None:
     target = target_cnn(2, (2, 4))
     hypernet = HypernetizedTaskHypernet(target, num_tasks=3, **TINY)
     learner = HypernetLearner(hypernet, target, [(0, 1), (2, 3), (4, 5)], beta=1.0)
-    table = hypernet.model.get_parameter(EMBEDDING_TABLE)
+    table = hypernet.model.task_embeddings
     x, y = torch.rand(8, 784), torch.randint(2, (8,))
     learner.begin_task(0)
     learner.train_step(0, x, y)

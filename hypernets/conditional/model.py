@@ -46,7 +46,7 @@ from hypernets.checkpoint import (
     typed_config,
 )
 from hypernets.conditional.bodies import BODIES, build_body, resolve_body
-from hypernets.conditional.conditions import build_encoder, parse_condition
+from hypernets.conditional.conditions import TaskEncoder, build_encoder, parse_condition
 from hypernets.conditional.targets import Targets, detach_targets, existing_values, fresh_values, select_targets
 
 CHECKPOINT_KIND = "hypernets.Hypernetized"
@@ -152,6 +152,14 @@ class Hypernetized(nn.Module):
         args, kwargs = tree_map(lambda v: v[None] if isinstance(v, Tensor) else v, (args, kwargs))
         out = functional_call(self.module, self.targets.with_aliases(params), args, kwargs)
         return tree_map(lambda v: v[0] if isinstance(v, Tensor) else v, out)
+
+    @property
+    def task_embeddings(self) -> nn.Parameter:
+        """The ``[num_tasks, dim]`` learned task embeddings of a ``"task:N"`` condition (continual learning
+        freezes the rows of earlier tasks); a ``ValueError`` for other conditions."""
+        if not isinstance(self.encoder, TaskEncoder):
+            raise ValueError(f"condition {self.config.condition!r} has no task embeddings; use condition='task:N'")
+        return self.encoder.embedding.weight
 
     def hypernet_parameters(self) -> list[nn.Parameter]:
         """The hypernetwork's own parameters (encoder, body, gains, theta0), not the module's remaining ones."""

@@ -15,8 +15,6 @@ from torch import Tensor, nn
 
 from hypernets.conditional import hypernetize
 
-EMBEDDING_TABLE = "encoder.embedding.weight"  # the [num_tasks, dim] task embeddings of a "task:N" model
-
 
 class HypernetizedTaskHypernet(nn.Module):
     """``hypernetize(target, "*", condition="task:N", **options)``; the target is taken over.
@@ -32,7 +30,7 @@ class HypernetizedTaskHypernet(nn.Module):
         self.num_params = sum(p.numel() for _, p in named)
         self.model = hypernetize(target, "*", condition=f"task:{num_tasks}", **options)
         self.current = 0
-        self.model.get_parameter(EMBEDDING_TABLE).register_hook(self._only_current_task)
+        self.model.task_embeddings.register_hook(self._only_current_task)
 
     def _only_current_task(self, grad: Tensor) -> Tensor:
         keep = torch.zeros(len(grad), 1, dtype=grad.dtype, device=grad.device)
