@@ -66,8 +66,13 @@ class TensorEntry:
         """The generator of this tensor's random base, at the base's first value: seeded by the tensor's name
         (the same base whatever batch the network is in); a row block continues the blocks above it."""
         if self.stream is None:
-            return torch.Generator().manual_seed(seed ^ zlib.crc32(self.name.encode()))
+            return torch.Generator().manual_seed(_base_seed(seed, self.name))
         return self.stream.at(self, seed)
+
+
+def _base_seed(seed: int, name: str) -> int:
+    """The seed of a tensor's random base: the hypernetwork's seed mixed with the tensor's name."""
+    return seed ^ zlib.crc32(name.encode())
 
 
 class _BaseStream:
@@ -81,7 +86,7 @@ class _BaseStream:
 
     def at(self, block: TensorEntry, seed: int) -> torch.Generator:
         if block.row_start == 0:
-            self.generator.manual_seed(seed ^ zlib.crc32(block.name.encode()))
+            self.generator.manual_seed(_base_seed(seed, block.name))
         elif block.row_start != self.next_row:
             raise RuntimeError(f"the row blocks of {block.name} must be decoded in order, once each")
         self.next_row = block.row_start + block.rows
