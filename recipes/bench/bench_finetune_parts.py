@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_widths import target  # the widths bench's lL-wW targets (a script's folder is on sys.path)
 from torch import Tensor
 
 from hypernets import LoGAH
 from hypernets.evaluate import finetune, initialize
 from hypernets.train.tasks import TextTask
-from hypernets.zoo import GPT2Arch
 
 PARTS: dict[str, Callable[[str, Tensor], bool]] = {
     "embeddings": lambda name, _: name in ("transformer.wte.weight", "lm_head.weight"),  # tied: both names
@@ -108,8 +108,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    layers, width = (int(v) for v in args.target.lstrip("l").split("-w"))
-    arch = GPT2Arch(layers, width, max(2, width // 64), 64)
+    try:
+        arch = target(args.target)
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"--target: {err}")
+    if arch.family != "gpt2":
+        parser.error(f"--target: {args.target!r} is not a GPT-2 target (lL-wW)")
     task = TextTask()
     hypernet = LoGAH.from_pretrained(args.hypernet).eval()
     if args.base_gain is not None:
