@@ -44,6 +44,7 @@ _HOMES = {
     "summarize": "metrics",
     "OutputRegularizer": "regularizer",
     "adam_step": "regularizer",
+    "RNNHypernet": "rnn",
     "TrainConfig": "train",
     "accuracy": "train",
     "evaluate": "train",

@@ -26,10 +26,11 @@ from hypernets.continual.hypernetized import HypernetizedTaskHypernet
 from hypernets.continual.learners import HypernetLearner, Learner, SeparateLearner, SingleNetworkLearner
 from hypernets.continual.metrics import plot_accuracy_matrix, summarize
 from hypernets.continual.names import FULL_LENGTH, SETTINGS
+from hypernets.continual.rnn import RNNHypernet
 from hypernets.continual.train import TrainConfig, train_continual
 
 METHODS = ("hypernet", "finetune", "separate", "ewc", "si")
-HYPERNETS = ("chunked", "logah", "hypernetize")
+HYPERNETS = ("chunked", "logah", "hypernetize", "rnn")
 TARGETS = ("mlp", "cnn")
 LOGAH_OPTIONS = dict(hidden=64, layers=2, heads=4, rank=16, max_ck=128)  # a small LoGAH: the target has 6 tensors
 
@@ -90,6 +91,8 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
     options = dict(embedding_dim=experiment.embedding_dim, mip=experiment.mip, residual=experiment.residual)
     if experiment.hypernet == "chunked":
         hypernet = ChunkedHypernet(target, tasks, chunk_size=experiment.chunk_size, **options)
+    elif experiment.hypernet == "rnn":
+        hypernet = RNNHypernet(target, tasks, chunk_size=experiment.chunk_size, **options)
     elif experiment.hypernet == "hypernetize":
         hypernet = HypernetizedTaskHypernet(
             target,

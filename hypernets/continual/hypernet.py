@@ -9,6 +9,9 @@ target's ``named_parameters`` order (:meth:`TaskHypernet.unflatten` gives exact 
   the target's op graph, with a projection of the task embedding added to every node state the
   encoder returns, so the same graph decodes into a different network per task.
 
+:class:`hypernets.continual.rnn.RNNHypernet` (Chandra et al. 2022) is the chunked one with an LSTM in place
+of the MLP, so that each chunk depends on the ones generated before it.
+
 Switches: ``mip`` encodes task embeddings with constant norm (``sqrt(dim)``), so no task gets a louder
 input than another; ``residual`` predicts ``theta = theta_0 + h(task)`` around a fixed random init.
 """
@@ -115,21 +118,26 @@ class ChunkedHypernet(TaskHypernet):
         super().__init__(target, num_tasks, embedding_dim, mip)
         self.num_chunks = math.ceil(self.num_params / chunk_size)
         self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, chunk_embedding_dim))
-        self.mlp = relu_mlp([embedding_dim + chunk_embedding_dim, *hidden, chunk_size])
+        self.body = self.make_body([embedding_dim + chunk_embedding_dim, *hidden, chunk_size])
         self.residual = residual
         if residual:
             theta0 = torch.cat([p.detach().reshape(-1) for p in target.parameters()])
             self.register_buffer("theta0", theta0.clone())
             with torch.no_grad():
-                self.mlp[-1].weight.mul_(INITIAL_RESIDUAL_GAIN)
-                self.mlp[-1].bias.mul_(INITIAL_RESIDUAL_GAIN)
+                self.body[-1].weight.mul_(INITIAL_RESIDUAL_GAIN)
+                self.body[-1].bias.mul_(INITIAL_RESIDUAL_GAIN)
+
+    def make_body(self, sizes: Sequence[int]) -> nn.Sequential:
+        """``[k, chunks, sizes[0]]`` inputs -> ``[k, chunks, sizes[-1]]`` chunks, ending in a linear layer.
+        Here an MLP that makes every chunk on its own; :class:`~hypernets.continual.rnn.RNNHypernet` chains them."""
+        return relu_mlp(sizes)
 
     def forward(self, tasks: Tensor) -> Tensor:
         """``[k]`` task ids -> ``[k, num_params]`` flat target parameters."""
         e = self.embed(tasks)
         k, chunks = len(e), self.chunk_embeddings
         inputs = torch.cat([e[:, None].expand(k, self.num_chunks, -1), chunks[None].expand(k, -1, -1)], dim=-1)
-        flat = self.mlp(inputs).reshape(k, -1)[:, : self.num_params]
+        flat = self.body(inputs).reshape(k, -1)[:, : self.num_params]
         return flat + self.theta0 if self.residual else flat
 
 

@@ -9,6 +9,7 @@ GRID_METHODS: dict[str, dict] = {  # method name -> Experiment settings
     "hypernet": dict(method="hypernet"),
     "hypernet-logah": dict(method="hypernet", hypernet="logah", mip=True, residual=True),
     "hypernetize": dict(method="hypernet", hypernet="hypernetize", mip=True),
+    "hypernet-rnn": dict(method="hypernet", hypernet="rnn"),
     "ewc": dict(method="ewc"),
     "si": dict(method="si"),
     "finetune": dict(method="finetune"),
