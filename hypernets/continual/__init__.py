@@ -32,6 +32,8 @@ _HOMES = {
     "target_mlp": "hypernet",
     "entropy": "inference",
     "infer_task": "inference",
+    "HyperIntervalLearner": "interval",
+    "IntervalHypernet": "interval",
     "HypernetLearner": "learners",
     "Learner": "learners",
     "Prediction": "learners",

@@ -159,6 +159,10 @@ def run_continual(args: argparse.Namespace) -> int:
 
     if args.target == "cnn" and "hypernet-logah" in args.method:
         raise UsageError("--target cnn: hypernet-logah reads the MLP's op graph only; drop it or use --target mlp")
+    if args.target == "cnn" and any(m.startswith("hyperinterval") for m in args.method):
+        raise UsageError("--target cnn: hyperinterval bounds Linear and ReLU layers only; drop it or use --target mlp")
+    if "hyperinterval-universal" in args.method and "class" in args.setting:
+        raise UsageError("--setting class: hyperinterval-universal names a digit from its task, so task setting only")
     for benchmark in args.benchmark:
         if args.num_tasks > FULL_LENGTH[benchmark]:
             raise UsageError(f"--num-tasks {args.num_tasks}: {benchmark} has {FULL_LENGTH[benchmark]} tasks")

@@ -23,13 +23,14 @@ from hypernets.continual.benchmarks import PIXELS, Benchmark, load_benchmark
 from hypernets.continual.consolidation import EWC, SI
 from hypernets.continual.hypernet import ChunkedHypernet, LoGAHTaskHypernet, target_cnn, target_mlp
 from hypernets.continual.hypernetized import HypernetizedTaskHypernet
+from hypernets.continual.interval import HyperIntervalLearner, IntervalHypernet
 from hypernets.continual.learners import HypernetLearner, Learner, SeparateLearner, SingleNetworkLearner
 from hypernets.continual.metrics import plot_accuracy_matrix, summarize
 from hypernets.continual.names import FULL_LENGTH, SETTINGS
 from hypernets.continual.rnn import RNNHypernet
 from hypernets.continual.train import TrainConfig, train_continual
 
-METHODS = ("hypernet", "finetune", "separate", "ewc", "si")
+METHODS = ("hypernet", "hyperinterval", "finetune", "separate", "ewc", "si")
 HYPERNETS = ("chunked", "logah", "hypernetize", "rnn")
 TARGETS = ("mlp", "cnn")
 LOGAH_OPTIONS = dict(hidden=64, layers=2, heads=4, rank=16, max_ck=128)  # a small LoGAH: the target has 6 tensors
@@ -49,6 +50,8 @@ class Experiment:
     residual: bool = False
     ewc_lambda: float = 1e4  # EWC: penalty strength
     si_c: float = 100.0  # SI: penalty strength
+    perturbation: float = 1.0  # hyperinterval: eps, each task's embedding interval has radius eps / embedding_dim
+    universal: bool = False  # hyperinterval: predict with the universal embedding's one network (task setting)
     target_hidden: int = 100  # width of the target MLP's two hidden layers
     chunk_size: int = 4096
     lr: float = 1e-3
@@ -67,6 +70,8 @@ class Experiment:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.universal and (self.method != "hyperinterval" or self.setting != "task"):
+            raise ValueError("universal: the universal embedding is hyperinterval's, in the task setting only")
 
 
 def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
@@ -79,6 +84,24 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
     classes = [task.classes for task in benchmark.tasks]
     if experiment.method == "separate":
         return SeparateLearner(build, classes, experiment.lr)
+    if experiment.method == "hyperinterval":
+        target = build(benchmark.num_classes)
+        hypernet = IntervalHypernet(
+            target,
+            len(benchmark),
+            experiment.embedding_dim,
+            chunk_size=experiment.chunk_size,
+            perturbation=experiment.perturbation,
+        )
+        return HyperIntervalLearner(
+            hypernet,
+            target,
+            classes,
+            experiment.steps,
+            experiment.beta,
+            lr=experiment.lr,
+            universal=experiment.universal,
+        )
     if experiment.method != "hypernet":
         consolidation = None
         if experiment.method == "ewc":
@@ -167,6 +190,11 @@ def describe(experiment: Experiment) -> str:
         extras += ["look-ahead"] if experiment.lookahead else []
         extras += ["entropy task inference"] if experiment.setting == "class" else []
         method = f"hypernet ({', '.join(extras)})"
+    elif method == "hyperinterval":
+        extras = [f"eps={experiment.perturbation:g}", f"beta={experiment.beta:g}"]
+        extras += ["universal embedding"] if experiment.universal else []
+        extras += ["entropy task inference"] if experiment.setting == "class" else []
+        method = f"HyperInterval ({', '.join(extras)})"
     elif method == "separate" and experiment.setting == "class":
         method = "separate (entropy task inference)"
     target = ", CNN target" if experiment.target == "cnn" else ""

@@ -10,6 +10,8 @@ GRID_METHODS: dict[str, dict] = {  # method name -> Experiment settings
     "hypernet-logah": dict(method="hypernet", hypernet="logah", mip=True, residual=True),
     "hypernetize": dict(method="hypernet", hypernet="hypernetize", mip=True),
     "hypernet-rnn": dict(method="hypernet", hypernet="rnn"),
+    "hyperinterval": dict(method="hyperinterval"),
+    "hyperinterval-universal": dict(method="hyperinterval", universal=True),
     "ewc": dict(method="ewc"),
     "si": dict(method="si"),
     "finetune": dict(method="finetune"),

@@ -1,0 +1,259 @@
+"""HyperInterval (Krukowski et al., 2024; later titled HINT): interval task embeddings, mapped by a
+hypernetwork to weight intervals by interval bound propagation (IBP), and one universal embedding in
+their intersection that gives a single network for all tasks.
+
+What the authors' code does (github.com/pkrukowski1/HyperInterval: ``IntervalNets/hmlp_ibp_with_nesting.py``,
+``Training/train_nested_classification_scenario.py``, ``Utils/hnet_interval_regularizer.py``,
+``Utils/handy_functions.py``, ``LossFunctions/classification_loss_function.py``), checked for this module:
+
+- **Interval embeddings with a guaranteed intersection** ("nesting", the variant that yields the universal
+  embedding). Task ``t`` has a free vector ``e_t`` of size ``M``; its interval is centered at
+  ``sigma * cos(e_t)`` with ``sigma = eps / (2M)`` and has the same fixed radius ``eps / M`` in every
+  coordinate (their radius is ``eps * softmax(v)`` with ``v`` a constant vector, so ``eps / M``). Every center
+  lies in ``[-r/2, r/2]^M`` with ``r = eps / M``, so every interval contains that cube: the intersection over
+  any set of tasks is never empty. ``e_t`` starts as a copy of ``e_{t-1}`` and is frozen after task ``t``.
+- **IBP through the hypernetwork** (a ReLU MLP, embedding -> all target parameters; ``[100]`` hidden for
+  Split-MNIST): center/radius form, ``c <- W c + b``, ``r <- |W| r`` for a linear layer, and for ReLU the
+  midpoint and half-width of ``[relu(c - r), relu(c + r)]``. The output box ``[theta_c - theta_r,
+  theta_c + theta_r]`` is the task's weight interval; its midpoint ``theta_c`` is the task's network.
+- **Training on weight intervals.** For Split-MNIST the target (an MLP) runs in full interval mode: the input
+  is a point, the weights an interval, and each layer gives tight lower/upper activations (inputs are
+  non-negative: pixels, then ReLUs). The loss is ``kappa * CE(point network at theta_c) + (1 - kappa) *
+  CE(worst-case logits)``, the worst case taking the lower bound for the true class and the upper bound for
+  the others. Over the first half of each task the perturbation ``eps`` grows linearly from 0; ``kappa``
+  is lowered by 5e-5 a step in that half (to 0.95 after 1000 steps) and set to its final 0.5 in the second.
+- **Regularizer.** Before task ``t`` the lower, middle and upper weights of every earlier task (at the full
+  ``eps``) are frozen; the loss adds ``beta * sum_j (|dlower_j|^2 + |dmiddle_j|^2 + |dupper_j|^2) / (3 t)``,
+  which their script divides by ``t`` once more. The whole hypernetwork and the current embedding train
+  (Adam, lr 1e-3).
+- **Universal embedding**: the midpoint of the intersection of all tasks' intervals (per coordinate, the
+  largest lower and the smallest upper end), fed to the hypernetwork with the same radius; the box midpoint
+  is the one network evaluated on every task. Split-MNIST has one 2-way head shared by all tasks (label:
+  first or second digit of the pair), so that network never needs the task: it answers "even or odd digit".
+- Their Split-MNIST settings: embedding size 24, ``eps = 10``, ``beta = 0.001``, batch 64, 2000 iterations
+  per task, target MLP 784-400-400-2.
+
+Here, on the same protocol: the target is the benchmarks' 784-100-100-2 MLP; the perturbation and ``kappa``
+both ramp linearly over the first half of each task (``kappa`` from 1 to its final value) and only the
+radius ramps (the centers keep ``sigma`` of the full ``eps``; theirs scale with the current ``eps``, so at
+step 0 every center is 0); the penalty is :class:`~hypernets.continual.regularizer.OutputRegularizer` on the
+stacked bounds, ``beta * mean_j mean_bound |d|^2`` (divided by the number of earlier tasks once).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from hypernets.continual.benchmarks import Task
+from hypernets.continual.hypernet import TaskHypernet, relu_mlp
+from hypernets.continual.learners import PerTaskNetworks
+from hypernets.continual.regularizer import OutputRegularizer
+
+
+def linear_bounds(center: Tensor, radius: Tensor, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The box ``[c - r, c + r]`` through ``x -> x W^T + b`` with point weights: exactly the smallest box
+    around the image, ``(W c + b, |W| r)``."""
+    return F.linear(center, weight, bias), F.linear(radius, weight.abs())
+
+
+def relu_bounds(center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """The box ``[c - r, c + r]`` through ReLU, as center and radius of ``[relu(c - r), relu(c + r)]``."""
+    lower, upper = F.relu(center - radius), F.relu(center + radius)
+    return (upper + lower) / 2, (upper - lower) / 2
+
+
+def sequential_bounds(network: nn.Sequential, center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """Interval bound propagation of an input box through a stack of ``Linear`` and ``ReLU`` layers."""
+    for layer in network:
+        if isinstance(layer, nn.Linear):
+            center, radius = linear_bounds(center, radius, layer.weight, layer.bias)
+        elif isinstance(layer, nn.ReLU):
+            center, radius = relu_bounds(center, radius)
+        else:
+            raise TypeError(f"no interval bounds through {type(layer).__name__}: Linear and ReLU layers only")
+    return center, radius
+
+
+def interval_linear(
+    lower: Tensor, upper: Tensor, w_lower: Tensor, w_upper: Tensor, b_lower: Tensor, b_upper: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Non-negative inputs in ``[lower, upper]`` through a linear layer whose weights and biases are
+    intervals: the exact bounds (with ``x >= 0``, ``w x`` is smallest at ``w_lower`` and then at ``x = lower``
+    where ``w_lower >= 0``, ``x = upper`` where it is negative; the upper bound alike)."""
+    if (lower < 0).any():
+        raise ValueError("interval_linear needs non-negative inputs (pixels, or activations after a ReLU)")
+    low = lower @ w_lower.clamp(min=0).T + upper @ w_lower.clamp(max=0).T + b_lower
+    high = upper @ w_upper.clamp(min=0).T + lower @ w_upper.clamp(max=0).T + b_upper
+    return low, high
+
+
+def target_bounds(
+    target: nn.Sequential, lower: dict[str, Tensor], upper: dict[str, Tensor], x: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Bounds on the logits of ``target`` (``Linear`` and ``ReLU`` layers) for point inputs ``x >= 0`` when
+    every parameter lies between ``lower`` and ``upper`` (``{name: tensor}`` as ``named_parameters``)."""
+    low = high = x
+    for name, layer in target.named_children():
+        if isinstance(layer, nn.Linear):
+            weight, bias = f"{name}.weight", f"{name}.bias"
+            low, high = interval_linear(low, high, lower[weight], upper[weight], lower[bias], upper[bias])
+        elif isinstance(layer, nn.ReLU):
+            low, high = F.relu(low), F.relu(high)
+        else:
+            raise TypeError(f"no interval bounds through {type(layer).__name__}: Linear and ReLU layers only")
+    return low, high
+
+
+def worst_case_logits(lower: Tensor, upper: Tensor, y: Tensor) -> Tensor:
+    """The logits an adversary inside the bounds would pick: lowest for the true class, highest elsewhere."""
+    return torch.where(F.one_hot(y, lower.shape[-1]).bool(), lower, upper)
+
+
+def intersection(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """``[k, M]`` boxes -> the ``[M]`` box they all contain; an empty intersection is an error."""
+    low, high = lower.max(0).values, upper.min(0).values
+    if (low > high).any():
+        raise ValueError("the intervals do not intersect")
+    return low, high
+
+
+class IntervalHypernet(TaskHypernet):
+    """von Oswald et al.'s chunked hypernetwork (``MLP([embedding, chunk embedding]) -> chunk``) evaluated on
+    embedding intervals by IBP; the chunk embeddings are points, only the task embedding is an interval.
+
+    Task ``t``'s interval is centered at ``eps / (2M) * cos(e_t)`` with radius ``eps / M`` in each of the
+    ``M`` coordinates, so all intervals share the cube ``[-eps / 2M, eps / 2M]^M``. ``forward(tasks)`` (the
+    :class:`TaskHypernet` interface) gives each task's network, the midpoint of its weight box.
+    """
+
+    def __init__(
+        self,
+        target: nn.Module,
+        num_tasks: int,
+        embedding_dim: int = 32,
+        chunk_embedding_dim: int = 32,
+        chunk_size: int = 4096,
+        hidden: Sequence[int] = (100, 100),
+        perturbation: float = 10.0,
+    ) -> None:
+        super().__init__(target, num_tasks, embedding_dim, mip=False)
+        self.num_chunks = math.ceil(self.num_params / chunk_size)
+        self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, chunk_embedding_dim))
+        self.mlp = relu_mlp([embedding_dim + chunk_embedding_dim, *hidden, chunk_size])
+        self.perturbation = perturbation
+
+    @property
+    def radius(self) -> float:
+        """Every task interval's half-width in each embedding coordinate, ``eps / M``."""
+        return self.perturbation / self.embedding_dim
+
+    def centers(self, tasks: Tensor) -> Tensor:
+        """``[k]`` task ids -> ``[k, M]`` interval centers ``eps / (2M) * cos(e_t)``."""
+        return self.radius / 2 * torch.cos(self.embed(tasks))
+
+    def bounds(self, center: Tensor, radius: Tensor | float) -> tuple[Tensor, Tensor]:
+        """``[k, M]`` embedding boxes -> ``[k, num_params]`` center and radius of the weight boxes."""
+        k, chunks = len(center), self.chunk_embeddings[None].expand(len(center), -1, -1)
+        radius = torch.as_tensor(radius).expand_as(center)
+        center = torch.cat([center[:, None].expand(k, self.num_chunks, -1), chunks], dim=-1)
+        radius = torch.cat([radius[:, None].expand(k, self.num_chunks, -1), torch.zeros_like(chunks)], dim=-1)
+        center, radius = sequential_bounds(self.mlp, center, radius)
+        return center.reshape(k, -1)[:, : self.num_params], radius.reshape(k, -1)[:, : self.num_params]
+
+    def forward(self, tasks: Tensor) -> Tensor:
+        """``[k]`` task ids -> ``[k, num_params]``: each task's network, the midpoint of its weight box."""
+        return self.bounds(self.centers(tasks), self.radius)[0]
+
+    def universal_embedding(self, num_tasks: int) -> Tensor:
+        """``[M]``: the midpoint of the intersection of tasks ``0 .. num_tasks - 1``'s intervals."""
+        centers = self.centers(torch.arange(num_tasks))
+        low, high = intersection(centers - self.radius, centers + self.radius)
+        return (low + high) / 2
+
+    def universal(self, num_tasks: int) -> dict[str, Tensor]:
+        """The single network for the first ``num_tasks`` tasks, from the universal embedding's box."""
+        return self.unflatten(self.bounds(self.universal_embedding(num_tasks)[None], self.radius)[0][0])
+
+
+class WeightBounds(nn.Module):
+    """``[k]`` task ids -> ``[k, 3, num_params]`` lower, middle and upper weights at the full perturbation:
+    what :class:`OutputRegularizer` keeps in place for earlier tasks."""
+
+    def __init__(self, hypernet: IntervalHypernet) -> None:
+        super().__init__()
+        self.hypernet = hypernet
+
+    def forward(self, tasks: Tensor) -> Tensor:
+        center, radius = self.hypernet.bounds(self.hypernet.centers(tasks), self.hypernet.radius)
+        return torch.stack([center - radius, center, center + radius], dim=1)
+
+
+class HyperIntervalLearner(PerTaskNetworks):
+    """Trains the hypernetwork and task ``t``'s embedding on ``kappa * CE(midpoint network) + (1 - kappa) *
+    CE(worst case over the weight box)`` plus the bounds regularizer; over the first half of the task's
+    ``steps`` the radius ramps from 0 and ``kappa`` from 1. With ``universal``, every prediction comes from
+    the one network of the universal embedding of the tasks learned so far, whatever task is asked."""
+
+    def __init__(
+        self,
+        hypernet: IntervalHypernet,
+        target: nn.Sequential,
+        classes: Sequence[Sequence[int]],
+        steps: int,
+        beta: float,
+        kappa: float = 0.5,
+        lr: float = 1e-3,
+        universal: bool = False,
+    ) -> None:
+        super().__init__(classes)
+        self.hypernet, self.target, self.steps, self.kappa, self.lr = hypernet, target, steps, kappa, lr
+        self.universal = universal
+        self.regularizer = OutputRegularizer(beta)
+        self.bounds = WeightBounds(hypernet)
+        self.optimizer: torch.optim.Adam | None = None
+        self.step = 0
+
+    def begin_task(self, task: int) -> None:
+        if task > 0:  # start from the last task's embedding, as the reference does
+            with torch.no_grad():
+                self.hypernet.task_embeddings[task].copy_(self.hypernet.task_embeddings[task - 1])
+        self.optimizer = torch.optim.Adam(self.hypernet.trainable(task), lr=self.lr)
+        self.step = 0
+
+    def ramp(self) -> float:
+        """0 at a task's first step, 1 from half of its steps on."""
+        return min(1.0, self.step / max(1, self.steps // 2))
+
+    def logits(self, task: int, x: Tensor) -> Tensor:
+        params = self.hypernet.universal(self.learned) if self.universal else self.hypernet.predict(task)
+        return functional_call(self.target, params, (x,))
+
+    def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
+        self.hypernet.zero_grad(set_to_none=True)
+        ramp = self.ramp()
+        kappa = 1 - ramp * (1 - self.kappa)
+        center, radius = self.hypernet.bounds(self.hypernet.centers(torch.tensor([task])), ramp * self.hypernet.radius)
+        middle = self.hypernet.unflatten(center[0])
+        lower, upper = self.hypernet.unflatten(center[0] - radius[0]), self.hypernet.unflatten(center[0] + radius[0])
+        fit = F.cross_entropy(functional_call(self.target, middle, (x,)), y)
+        worst = F.cross_entropy(worst_case_logits(*target_bounds(self.target, lower, upper, x), y), y)
+        loss = kappa * fit + (1 - kappa) * worst
+        stats = {"loss": fit.item(), "worst_case_loss": worst.item()}
+        if len(self.regularizer.tasks):
+            penalty = self.regularizer(self.bounds)
+            loss = loss + penalty
+            stats["reg"] = penalty.item()
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return stats
+
+    def end_task(self, task: int, data: Task) -> None:
+        self.regularizer.snapshot(self.bounds, range(task + 1))
+        self.learned = task + 1
