@@ -4,6 +4,8 @@ earlier task, and the grid command running it."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -36,12 +38,19 @@ def test_outputs_are_every_parameter_of_the_target_per_task(build) -> None:
     assert torch.func.functional_call(target, predicted, (torch.rand(5, 784),)).shape == (5, 3)
 
 
-@pytest.mark.parametrize(("kind", "later_chunks_move"), [(RNNHypernet, True), (ChunkedHypernet, False)])
-def test_a_change_to_chunk_k_reaches_the_chunks_after_it_and_none_before(kind, later_chunks_move: bool) -> None:
-    """Perturbing chunk ``k``'s input changes chunks ``k, k+1, ...`` of the RNN's output; the chunked MLP's
-    chunk ``k + 1`` does not notice (each of its chunks is made on its own)."""
+@pytest.mark.parametrize(
+    ("build", "later_chunks_move"),
+    [
+        (RNNHypernet, True),
+        (partial(RNNHypernet, chained=False), False),
+        (ChunkedHypernet, False),
+    ],
+)
+def test_a_change_to_chunk_k_reaches_the_chunks_after_it_and_none_before(build, later_chunks_move: bool) -> None:
+    """Perturbing chunk ``k``'s input changes chunks ``k, k+1, ...`` of the RNN's output; without the chained
+    state, and in the chunked MLP, chunk ``k + 1`` does not notice (each chunk is made on its own)."""
     torch.manual_seed(0)
-    hypernet = kind(target_mlp(3, hidden=(8,), inputs=784), num_tasks=2, **TINY)
+    hypernet = build(target_mlp(3, hidden=(8,), inputs=784), num_tasks=2, **TINY)
     k, size = 5, TINY["chunk_size"]
     with torch.no_grad():
         before = hypernet(torch.tensor([1]))[0]
@@ -49,6 +58,19 @@ def test_a_change_to_chunk_k_reaches_the_chunks_after_it_and_none_before(kind, l
         diff = (hypernet(torch.tensor([1]))[0] - before).abs()
     moved = [bool(diff[i * size : (i + 1) * size].max() > 0) for i in range(k + 3)]
     assert moved == [False] * k + [True] + [later_chunks_move] * 2
+
+
+def test_unchained_it_is_the_same_lstm_run_on_each_chunk_alone() -> None:
+    """Chunk ``k`` of the unchained RNN equals chunk 0 of the chained one fed chunk ``k``'s input first."""
+    torch.manual_seed(0)
+    chained = RNNHypernet(target_mlp(3, hidden=(8,), inputs=784), num_tasks=2, **TINY)
+    unchained = RNNHypernet(target_mlp(3, hidden=(8,), inputs=784), num_tasks=2, **TINY, chained=False)
+    unchained.load_state_dict(chained.state_dict())
+    k, size = 4, TINY["chunk_size"]
+    with torch.no_grad():
+        expected = unchained(torch.tensor([1]))[0, k * size : (k + 1) * size]
+        chained.chunk_embeddings[0] = chained.chunk_embeddings[k]
+        assert torch.allclose(chained(torch.tensor([1]))[0, :size], expected, atol=1e-6)
 
 
 def test_parameter_count_by_hand() -> None:

@@ -52,6 +52,7 @@ class Experiment:
     si_c: float = 100.0  # SI: penalty strength
     perturbation: float = 1.0  # hyperinterval: eps, each task's embedding interval has radius eps / embedding_dim
     universal: bool = False  # hyperinterval: predict with the universal embedding's one network (task setting)
+    chained: bool = True  # hypernet rnn: carry the LSTM state from chunk to chunk (False: the ablation without)
     target_hidden: int = 100  # width of the target MLP's two hidden layers
     chunk_size: int = 4096
     lr: float = 1e-3
@@ -115,7 +116,7 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
     if experiment.hypernet == "chunked":
         hypernet = ChunkedHypernet(target, tasks, chunk_size=experiment.chunk_size, **options)
     elif experiment.hypernet == "rnn":
-        hypernet = RNNHypernet(target, tasks, chunk_size=experiment.chunk_size, **options)
+        hypernet = RNNHypernet(target, tasks, chunk_size=experiment.chunk_size, chained=experiment.chained, **options)
     elif experiment.hypernet == "hypernetize":
         hypernet = HypernetizedTaskHypernet(
             target,

@@ -27,14 +27,19 @@ from hypernets.continual.hypernet import ChunkedHypernet
 
 
 class LSTMLayer(nn.Module):
-    """An LSTM over the chunk axis of ``[k, chunks, features]`` that returns its state at every step."""
+    """An LSTM over the chunk axis of ``[k, chunks, features]`` that returns its state at every step.
+    ``chained = False`` starts every chunk from the zero state: the same weights, no dependency between chunks."""
 
     def __init__(self, inputs: int, hidden: int) -> None:
         super().__init__()
         self.lstm = nn.LSTM(inputs, hidden, batch_first=True)
+        self.chained = True
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.lstm(x)[0]
+        if self.chained:
+            return self.lstm(x)[0]
+        k, chunks, features = x.shape
+        return self.lstm(x.reshape(k * chunks, 1, features))[0].reshape(k, chunks, -1)
 
 
 class RNNHypernet(ChunkedHypernet):
@@ -44,6 +49,7 @@ class RNNHypernet(ChunkedHypernet):
     last one's state to ``chunk_size`` outputs. Everything else (chunking, MIP, residual outputs, the
     interface) is the chunked hypernetwork's. The default, one layer of 90, is the widest at which it has no
     more weights than the chunked MLP at its defaults for the 784-100-100-10 target (429,920 against 431,320).
+    ``chained=False`` is the ablation: the same network with the state reset before every chunk.
     """
 
     def __init__(
@@ -56,8 +62,11 @@ class RNNHypernet(ChunkedHypernet):
         hidden: Sequence[int] = (90,),
         mip: bool = False,
         residual: bool = False,
+        chained: bool = True,
     ) -> None:
         super().__init__(target, num_tasks, embedding_dim, chunk_embedding_dim, chunk_size, hidden, mip, residual)
+        for layer in self.body[:-1]:
+            layer.chained = chained
 
     def make_body(self, sizes: Sequence[int]) -> nn.Sequential:
         """LSTM layers for ``sizes[:-1]``, then the linear head to ``sizes[-1]``."""
