@@ -3,7 +3,8 @@
 Each row is a byte-level GPT-2 (named like ``l2-w768``) whose parameters come from two sources, Hugging
 Face's random init and a hypernetwork's prediction: ``random`` and ``predicted`` take everything from one,
 ``random:PART,...`` is random init with those parts predicted, ``predicted:PART,...`` the prediction with
-those parts random. Every row is fine-tuned with AdamW on the same batches for the same steps, and its eval
+those parts random, and ``shrink:L`` is ``L * predicted + random init`` (shrink and perturb, Ash & Adams 2020:
+the remedy they found for warm starts that train worse than fresh ones). Every row is fine-tuned with AdamW on the same batches for the same steps, and its eval
 loss printed at evenly spaced steps. For reference, the eval loss of unigram and bigram byte models counted on
 the train split (add-k smoothing towards the unigram), and each predicted matrix's std and effective rank.
 
@@ -11,6 +12,7 @@ the train split (add-k smoothing towards the unigram), and each predicted matrix
     python recipes/bench/bench_finetune_parts.py --rows predicted --lr 1e-3 --threads 1
     python recipes/bench/bench_finetune_parts.py --rows predicted --base-gain 1 --threads 1  # full random base
     python recipes/bench/bench_finetune_parts.py --rows random:block-matrices --match-norms  # shape, not size
+    python recipes/bench/bench_finetune_parts.py --rows random shrink:0.1 shrink:0.3 --target l2-w512 --seed 2
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ DEFAULT_ROWS = [
 
 def row(text: str) -> tuple[str, list[str]]:
     source, _, parts = text.partition(":")
+    if text == "clipped":
+        return text, []
+    if source == "shrink":
+        try:
+            return source, [str(float(parts))]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give shrink:L with L a number, e.g. shrink:0.3") from None
     chosen = [p for p in parts.split(",") if p]
     unknown = [p for p in chosen if p not in PARTS]
     if source not in ("random", "predicted") or unknown:
@@ -53,6 +62,10 @@ def row(text: str) -> tuple[str, list[str]]:
 
 
 def label(source: str, parts: list[str]) -> str:
+    if source == "shrink":
+        return f"{parts[0]} x predicted + random init"
+    if source == "clipped":
+        return "predicted, singular values capped at random init's largest"
     if not parts:
         return "random init" if source == "random" else "predicted"
     other = "predicted" if source == "random" else "random"
@@ -63,13 +76,26 @@ def assembled(
     source: str, parts: list[str], states: dict[str, dict[str, Tensor]], match_norms: bool = False
 ) -> dict[str, Tensor]:
     """``source``'s state dict with every tensor of ``parts`` taken from the other source, rescaled to the
-    norm of the tensor it replaces when ``match_norms`` (its direction without its size)."""
+    norm of the tensor it replaces when ``match_norms`` (its direction without its size); for ``shrink``, ``parts`` holds the factor."""
+    if source == "shrink":
+        shrink = float(parts[0])
+        return {name: shrink * tensor + states["random"][name] for name, tensor in states["predicted"].items()}
+    if source == "clipped":
+        return {name: clip_spectrum(tensor, states["random"][name]) for name, tensor in states["predicted"].items()}
     other = states["predicted" if source == "random" else "random"]
     state = dict(states[source])
     for name, tensor in state.items():
         if any(PARTS[p](name, tensor) for p in parts):
             state[name] = other[name] * (tensor.norm() / other[name].norm()) if match_norms else other[name]
     return state
+
+
+def clip_spectrum(matrix: Tensor, reference: Tensor) -> Tensor:
+    """``matrix`` with its singular values capped at ``reference``'s largest (vectors pass unchanged)."""
+    if matrix.ndim != 2:
+        return matrix
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return (u * s.clamp(max=torch.linalg.matrix_norm(reference, ord=2))) @ vh
 
 
 def effective_rank(matrix: Tensor) -> float:
@@ -128,6 +154,8 @@ def main() -> None:
     for name, tensor in states["predicted"].items():
         if tensor.ndim == 2:
             spectrum = {"std": tensor.std().item(), "effective_rank": effective_rank(tensor), "of": min(tensor.shape)}
+            top = {k: torch.linalg.matrix_norm(states[k][name], ord=2).item() for k in ("predicted", "random")}
+            spectrum |= {"top_singular_value": top["predicted"], "random_init_top": top["random"]}
             print(json.dumps({"predicted": name, **spectrum}), flush=True)
 
     lines = []
