@@ -142,6 +142,16 @@ def test_universal_learner_answers_every_task_with_one_network() -> None:
     assert not torch.equal(learner.logits(0, x), learner.logits(1, x))
 
 
+def test_schedule_ramps_the_perturbation_over_half_a_task_then_switches_kappa() -> None:
+    target = target_mlp(2, hidden=(4,), inputs=3)
+    learner = HyperIntervalLearner(IntervalHypernet(target, 1, embedding_dim=2), target, [(0, 1)], steps=10, beta=0.0)
+    schedule = []
+    for step in (0, 2, 4, 5, 9):
+        learner.step = step
+        schedule.append(learner.schedule())
+    assert schedule == [(0.0, 1.0), (0.5, 1 - 1e-4), (1.0, 1 - 2e-4), (1.0, 0.5), (1.0, 0.5)]
+
+
 def test_a_tiny_grid_with_both_hyperinterval_rows(tmp_path, capsys) -> None:
     out = tmp_path / "grid"
     argv = ["continual", "--method", "hyperinterval,hyperinterval-universal", "--benchmark", "split"]
