@@ -50,7 +50,7 @@ class Experiment:
     residual: bool = False
     ewc_lambda: float = 1e4  # EWC: penalty strength
     si_c: float = 100.0  # SI: penalty strength
-    perturbation: float = 1.0  # hyperinterval: eps, each task's embedding interval has radius eps / embedding_dim
+    perturbation: float = 10.0  # hyperinterval: eps, each task's embedding interval has radius eps / embedding_dim
     universal: bool = False  # hyperinterval: predict with the universal embedding's one network (task setting)
     chained: bool = True  # hypernet rnn: carry the LSTM state from chunk to chunk (False: the ablation without)
     target_hidden: int = 100  # width of the target MLP's two hidden layers
