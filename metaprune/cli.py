@@ -179,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
         "otherwise)",
     )
     method.add_argument(
+        "--keep",
+        type=_module_names,
+        default=(),
+        metavar="NAME[,NAME]",
+        help="modules never pruned, by their names in the model (as named_modules() gives them), beside the "
+        "classifier and the layers kept by default: for a module an error names after pruning",
+    )
+    method.add_argument(
         "--sparse-steps",
         type=count,
         metavar="N",
@@ -230,6 +238,14 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(parse(part) for part in text.split(","))
 
 
+def _module_names(text: str) -> tuple[str, ...]:
+    """``blocks.0.mlp`` or ``stages.1.attn,head``: dotted module names, none empty."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give module names separated by commas, none empty")
+    return names
+
+
 def run_prune(args: argparse.Namespace) -> int:
     """Validate everything first (options, model, data, metanetwork), then prune, then publish together."""
     from hypernets.atomic import Staging
@@ -259,6 +275,7 @@ def run_prune(args: argparse.Namespace) -> int:
             head_ratio=args.head_ratio,
             head_dims=args.head_dims,
             global_pruning=args.global_pruning,
+            keep=args.keep,
             sparse_steps=args.sparse_steps,
             metanet=metanet,
             rewrite_strength=strength,

@@ -7,7 +7,6 @@ benchmark measures all of them the same way before and after pruning.
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 import time
@@ -18,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from .copying import copy_model, leaf_caches
 from .task import Data, Task, evaluate
 
 
@@ -46,7 +46,8 @@ def count_macs_params(model: nn.Module, example_inputs: Tensor) -> tuple[int, in
     The counter hooks modules only, so functional ops (e.g. the attention matmuls of timm ViTs) add no MACs:
     speed-up targets are ratios of this count, which is what pruning can change.
     """
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    with leaf_caches(model):  # the counter deep-copies the model
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     return int(macs), int(params)
 
 
@@ -66,7 +67,7 @@ def cpu_latency_ms(
     torch.set_num_threads(threads)
     model.eval()
     try:
-        cpu_model = model if _on_cpu(model) else copy.deepcopy(model).cpu()
+        cpu_model = model if _on_cpu(model) else copy_model(model).cpu()
         inputs = example_inputs.cpu()
         for _ in range(warmup):
             cpu_model(inputs)

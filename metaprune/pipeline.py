@@ -11,12 +11,11 @@ so the rewrite can never make the result worse than pruning without it.
 
 from __future__ import annotations
 
-import copy
 import math
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from hypernets.checkpoint import check_finite_tensors
 
+from .copying import copy_model
 from .finetune import Optimizer, finetune, recalibrate_batchnorm
 from .measure import Measurement, measure
 from .prune import Method, PruneResult, attention_modules, check_finite, prune, sparse_train
@@ -84,6 +84,7 @@ class _Recipe:
     head_ratio: float
     head_dims: bool
     global_pruning: bool
+    keep: tuple[str, ...]
     sparse_steps: int
     finetune_steps: int
     lr: float
@@ -123,6 +124,7 @@ def prune_model(
     head_ratio: float = 0.0,
     head_dims: bool = False,
     global_pruning: bool | None = None,
+    keep: Sequence[str] = (),
     sparse_steps: int = 0,
     metanet: Metanet | None = None,
     rewrite_strength: float = 1.0,
@@ -145,6 +147,8 @@ def prune_model(
         method, head_ratio, head_dims, global_pruning: how channels are ranked and cut (see
             :func:`metaprune.prune.prune`); ``global_pruning`` defaults to on for models with timm-style attention,
             where ranking channels across layers measured best (docs/benchmarks.md), and off otherwise.
+        keep: names of modules never pruned, beside the classifier and the layers kept by default (a module a
+            :class:`~metaprune.consistency.PrunedModelBrokenError` names).
         sparse_steps: steps of DepGraph's group-sparsity training before pruning.
         metanet: rewrite the model ``rewrite_strength`` of the way first; DepGraph's recipe alone is run too
             and the better on ``val`` kept.
@@ -178,6 +182,7 @@ def prune_model(
         head_ratio,
         head_dims,
         global_pruning,
+        tuple(keep),
         sparse_steps,
         finetune_steps,
         lr,
@@ -207,6 +212,7 @@ def prune_model(
         "head_ratio": head_ratio,
         "head_dims": head_dims,
         "global_pruning": global_pruning,
+        "keep": list(keep),
         "target": {
             "speedup": speedup,
             "param_ratio": param_ratio,
@@ -249,7 +255,7 @@ def _candidate(
         "progress": recipe.progress,
         "loss_fn": partial(task_loss, recipe.task),
     }
-    prepared = copy.deepcopy(model)
+    prepared = copy_model(model)
     if strength:
         with clock.phase("rewrite"):
             metanet.rewrite_(prepared, example, strength=strength)
@@ -274,6 +280,7 @@ def _candidate(
             head_ratio=recipe.head_ratio,
             head_dims=recipe.head_dims,
             global_pruning=recipe.global_pruning,
+            keep=recipe.keep,
             counter="flops",
             seed=recipe.seed,
             progress=recipe.progress,

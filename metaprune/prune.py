@@ -7,7 +7,6 @@ network is a smaller dense network that really runs faster. The DependencyGraph 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +18,9 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .consistency import naming_breakage, parameter_shapes, sync_size_attributes
 from .conv1d import Magnitude, customized_pruners, is_conv1d, pruner_options
+from .copying import copy_model
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
 from .token_mixing import token_mixing_linears
@@ -118,6 +119,7 @@ def prune(
     param_ratio: float | None = None,
     method: Method = "group_norm",
     ignored_layers: Layers | None = None,
+    keep: Sequence[str] = (),
     global_pruning: bool = False,
     head_ratio: float = 0.0,
     head_dims: bool = False,
@@ -143,6 +145,8 @@ def prune(
             attention layers other than timm's (Hugging Face decoders: their heads, grouped KV and rotary
             embeddings tie q, k, v and o together, so only their MLPs are pruned). A given list replaces the
             default, so it should include the classifier.
+        keep: names of modules also kept whole, beside ``ignored_layers`` or the default (a module a failure of
+            the pruned model names).
         global_pruning: rank channels across layers instead of pruning every layer by the same fraction.
         head_ratio: for timm ViTs, the fraction of attention heads removed from every attention layer before channel
             pruning (rounded up, at least one head kept).
@@ -157,6 +161,7 @@ def prune(
 
     Raises:
         ImpossibleTargetError: no step of the schedule reaches a target.
+        PrunedModelBrokenError: the pruned model no longer runs (the message names the module to keep).
         NonFiniteWeightError: a parameter or buffer of ``model`` holds NaN or infinity.
     """
     targets = {"speedup": speedup, "param_ratio": param_ratio}
@@ -173,9 +178,10 @@ def prune(
         raise ValueError(f"steps must be at least 1, got {steps}")
     check_finite(model)
     imp = importance(method)
-    pruned = copy.deepcopy(model)
+    pruned = copy_model(model)
     with _without_cache(pruned):
-        ignored = _ignored(model, pruned, example_inputs, ignored_layers)
+        ignored = _ignored(model, pruned, example_inputs, ignored_layers) + _resolve_layers(model, pruned, keep)
+        shapes = parameter_shapes(pruned)
         base_macs, base_params = count_macs_params(pruned, example_inputs)
         base_cost = _cost(pruned, example_inputs, counter, base_macs)
 
@@ -207,9 +213,11 @@ def prune(
                 if head_dims:  # heads lost channels: their size follows qkv's
                     for attn in attention_modules(pruned):
                         set_num_heads(attn, attn.num_heads)
+                shapes = sync_size_attributes(pruned, shapes)
                 bar.update()
-                macs, params = count_macs_params(pruned, example_inputs)
-                cost = _cost(pruned, example_inputs, counter, macs)
+                with naming_breakage(pruned, example_inputs):
+                    macs, params = count_macs_params(pruned, example_inputs)
+                    cost = _cost(pruned, example_inputs, counter, macs)
             bar.close()
     pruned.train(model.training)  # tracing leaves the model in eval mode
     if speedup is not None and base_cost < speedup * cost:
@@ -422,17 +430,21 @@ def is_attention(module: nn.Module) -> bool:
 
 
 def _kept_whole(model: nn.Module) -> list[str]:
-    """Token embeddings (their width is the residual stream's) and the projections inside attention layers that
-    are not timm's, by name."""
+    """Token embeddings (their width is the residual stream's) and the projections and convolutions inside
+    attention layers that are not timm's ViT attention, by name: such layers split and merge heads (and reduce
+    tokens, as PVT's ``sr``) by reshapes that take sizes from their inputs or attributes, which the dependency
+    graph cannot follow (CoAtNet's ``Attention2d`` makes it enumerate indices until memory runs out)."""
     kept = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Embedding):
             kept.append(name)
-        elif type(module).__name__.endswith("Attention") and not is_attention(module):
-            kept += [
-                f"{name}.{child}" for child, m in module.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)
-            ]
+        elif "Attention" in type(module).__name__ and not is_attention(module):
+            kept += [f"{name}.{child}" for child, m in module.named_modules() if _is_projection(m)]
     return kept
+
+
+def _is_projection(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) or is_conv1d(module)
 
 
 def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
@@ -459,6 +471,6 @@ def _resolve_layers(original: nn.Module, target: nn.Module, layers: Layers | Non
     for layer in layers:
         name = layer if isinstance(layer, str) else names.get(id(layer))
         if name is None or name not in modules:
-            raise ValueError(f"ignored layer {layer!r} is not a submodule of the model")
+            raise ValueError(f"{layer!r} is not a submodule of the model, so it cannot be kept whole")
         resolved.append(modules[name])
     return resolved

@@ -14,7 +14,6 @@ outvoted by networks the rewrite hardly changes.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from torch.utils.data import Dataset
 
 from hypernets.checkpoint import read_json, typed_config
 
+from .copying import copy_model
 from .finetune import finetune, recalibrate_batchnorm
 from .measure import accuracy
 from .metanet import Metanet
@@ -133,7 +133,7 @@ def prepared(
     """A copy of ``model`` rewritten with ``strength`` (not at all at 0, where ``metanet`` may be ``None``), then
     trained for ``budget.sparse_steps`` with DepGraph's group-sparsity regularizer: the network group-norm
     pruning gets. At strength 0 this is DepGraph's preparation exactly."""
-    model = copy.deepcopy(model)
+    model = copy_model(model)
     if strength:
         metanet.rewrite_(model, INPUT_SHAPE, strength=strength)
     if budget.sparse_steps:

@@ -38,7 +38,10 @@ def logits_of(output: Any) -> Tensor:
         return output.logits
     if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
         return output[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+    raise ValueError(
+        f"cannot find logits in a model output of type {type(output).__name__}: metaprune needs a model that returns "
+        "logits (a classifier, or a causal LM with its head)"
+    )
 
 
 def task_loss(task: Task, logits: Tensor, targets: Tensor) -> Tensor:

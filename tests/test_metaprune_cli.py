@@ -224,6 +224,8 @@ def test_a_vit_loses_heads_and_reloads_with_the_pruned_head_count(tmp_path) -> N
         "mismatch",
         "corrupt",
         "exists",
+        "keep_empty",
+        "keep_unknown",
     ],
 )
 def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_path, capsys, problem) -> None:
@@ -267,6 +269,10 @@ def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(member, tmp_pat
         weights = tmp_path / "corrupt.safetensors"
         weights.write_bytes(b"not a safetensors file")
         expected = "not a readable safetensors file"
+    elif problem == "keep_empty":
+        extra, expected = ["--keep", "features.0,,head"], "argument --keep: 'features.0,,head': give module names"
+    elif problem == "keep_unknown":
+        extra, expected = ["--keep", "nosuch.layer"], "'nosuch.layer' is not a submodule of the model"
     else:
         (tmp_path / "out" / "old").mkdir(parents=True)
         expected = "already exists"

@@ -1,0 +1,164 @@
+"""Pruning models that keep state outside their parameters: caches of computed tensors, sizes stored in plain
+attributes, and a clear error naming the module when the pruned model no longer runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from timm.models.metaformer import MetaFormer
+from timm.models.pvt_v2 import PyramidVisionTransformerV2
+from torch import Tensor, nn
+
+from metaprune.consistency import PrunedModelBrokenError, parameter_shapes, sync_size_attributes
+from metaprune.copying import copy_model
+from metaprune.measure import count_macs_params
+from metaprune.prune import prune
+from metaprune.task import logits_of
+
+
+class CachedBias(nn.Module):
+    """Caches a tensor computed from its parameter in eval mode, as timm's LeViT caches attention biases."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(channels))
+        self.cache: dict[str, Tensor] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            self.cache.setdefault("cpu", self.bias * 2)
+            return x + self.cache["cpu"].view(1, -1, 1, 1)
+        return x + (self.bias * 2).view(1, -1, 1, 1)
+
+
+class Scale(nn.Module):
+    """Scales channels by a parameter viewed by a stored shape, as timm's MetaFormer ``Scale``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.shape = (channels, 1, 1)
+        self.scale = nn.Parameter(torch.rand(channels) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale.view(self.shape)
+
+
+class StoredWidth(nn.Module):
+    """A convolution followed by a reshape by a width kept where no rule can find it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+        self.config = {"width": str(channels)}
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        return y.reshape(len(y), int(self.config["width"]), y[0, 0].numel()).view_as(y)
+
+
+def network(middle: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        middle,
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+def test_copy_model_copies_a_model_with_a_computed_cache() -> None:
+    model = network(CachedBias(8)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)  # gradients on: the cached tensor is not a graph leaf
+    cached = model[2].cache["cpu"]
+    assert not cached.is_leaf
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(model)
+    copied = copy_model(model)
+    assert torch.equal(copied(x), expected)
+    assert model[2].cache["cpu"] is cached  # the original keeps its own cache
+    assert count_macs_params(model, x)[1] == sum(p.numel() for p in model.parameters())
+
+
+def test_sizes_stored_in_attributes_follow_pruned_parameters() -> None:
+    model = network(Scale(8)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    result = prune(model, x, speedup=1.5)
+    scale = result.model[2]
+    assert len(scale.scale) < 8
+    assert scale.shape == (len(scale.scale), 1, 1)
+    assert result.model(x).shape == (1, 10)
+    assert model[2].shape == (8, 1, 1)  # the original is untouched
+
+
+def test_a_size_some_dimension_kept_is_left_alone() -> None:
+    module = nn.Module()
+    module.weight = nn.Parameter(torch.zeros(4, 4))
+    module.width, module.sizes = 4, [4, 2]
+    before = parameter_shapes(module)
+    module.weight = nn.Parameter(torch.zeros(3, 4))  # rows pruned, columns kept: which one "4" meant is unknown
+    assert sync_size_attributes(module, before) == {"": {"weight": torch.Size([3, 4])}}
+    assert (module.width, module.sizes) == (4, [4, 2])
+    module.weight = nn.Parameter(torch.zeros(2, 3))
+    sync_size_attributes(module, {"": {"weight": torch.Size([3, 4])}})
+    assert (module.width, module.sizes) == (3, [3, 2])  # 4 -> 3 and 3 -> 2 at once: each size maps once
+
+
+def test_a_broken_pruned_model_names_the_module_to_keep() -> None:
+    model = network(StoredWidth(8)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(PrunedModelBrokenError, match=r"module '2' \(StoredWidth\).*--keep 2"):
+        prune(model, x, speedup=1.2)
+    kept = prune(model, x, speedup=1.2, keep=["2"])
+    assert kept.model[2].conv.out_channels == 8
+    assert kept.model(x).shape == (1, 10)
+
+
+def test_an_output_without_logits_is_a_usage_error() -> None:
+    with pytest.raises(ValueError, match="returns logits"):
+        logits_of({"hidden": torch.zeros(1)})
+
+
+METAFORMER = dict(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), num_classes=10)
+TIMM_MODELS = {  # families whose pruning crashed, ran out of memory or corrupted the model before
+    "levit": lambda: timm.create_model(
+        "levit_128s",
+        img_size=32,
+        embed_dim=(16, 32),
+        key_dim=8,
+        depth=(1, 1),
+        num_heads=(2, 2),
+        distilled=False,
+        num_classes=10,
+    ),
+    "coatnet": lambda: timm.create_model(
+        "coatnet_nano_rw_224",
+        img_size=32,
+        embed_dim=(32, 32, 64, 64),
+        depths=(1, 1, 1, 1),
+        stem_width=16,
+        num_classes=10,
+    ),
+    "pvt_v2": lambda: PyramidVisionTransformerV2(
+        depths=(1, 1, 1, 1), embed_dims=(16, 16, 32, 32), num_heads=(1, 1, 2, 2), num_classes=10
+    ),
+    "poolformer": lambda: MetaFormer(**METAFORMER, downsample_norm=None, layer_scale_init_values=1e-5),
+}
+
+
+@pytest.mark.parametrize("family", TIMM_MODELS)
+def test_timm_families_prune_to_a_model_that_runs(family: str) -> None:
+    torch.manual_seed(0)
+    model = TIMM_MODELS[family]().eval()
+    x = torch.randn(1, 3, 32, 32)
+    model(x)  # a forward pass with gradients on fills LeViT's cache with a non-leaf tensor
+    result = prune(model, x, speedup=1.3)
+    assert result.params < result.base_params
+    assert result.model(x).shape == model(x).shape == (1, 10)
