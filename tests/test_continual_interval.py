@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from hypernets.cli import main
-from hypernets.continual.hypernet import target_mlp
+from hypernets.continual.hypernet import ChunkedHypernet, target_mlp
 from hypernets.continual.interval import (
     HyperIntervalLearner,
     IntervalHypernet,
@@ -91,12 +91,12 @@ def test_radius_zero_is_the_point_hypernetwork_and_network() -> None:
     torch.manual_seed(2)
     target = target_mlp(2, hidden=(8, 8), inputs=12)
     hypernet = IntervalHypernet(target, num_tasks=3, embedding_dim=4, chunk_embedding_dim=3, chunk_size=50)
-    center = hypernet.centers(torch.tensor([0, 2]))
-    c, r = hypernet.bounds(center, 0.0)
-    chunks = hypernet.chunk_embeddings[None].expand(2, -1, -1)
-    inputs = torch.cat([center[:, None].expand(2, hypernet.num_chunks, -1), chunks], dim=-1)
-    point = hypernet.mlp(inputs).reshape(2, -1)[:, : hypernet.num_params]
+    tasks = torch.tensor([0, 2])
+    c, r = hypernet.bounds(hypernet.embed(tasks), 0.0)  # the raw embeddings, as the point hypernetwork reads them
+    point = ChunkedHypernet.forward(hypernet, tasks)
     assert c.shape == (2, hypernet.num_params) and torch.equal(c, point) and torch.equal(r, torch.zeros_like(r))
+    center = hypernet.centers(tasks)
+    c, _ = hypernet.bounds(center, 0.0)
     params = hypernet.unflatten(c[0])
     x = torch.rand(5, 12)
     low, high = target_bounds(target, params, params, x)

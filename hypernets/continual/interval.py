@@ -44,7 +44,6 @@ of lowest training loss at full ``eps``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -53,7 +52,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from hypernets.continual.benchmarks import Task
-from hypernets.continual.hypernet import TaskHypernet, relu_mlp
+from hypernets.continual.hypernet import ChunkedHypernet
 from hypernets.continual.learners import PerTaskNetworks
 from hypernets.continual.regularizer import OutputRegularizer
 
@@ -127,7 +126,7 @@ def intersection(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     return low, high
 
 
-class IntervalHypernet(TaskHypernet):
+class IntervalHypernet(ChunkedHypernet):
     """von Oswald et al.'s chunked hypernetwork (``MLP([embedding, chunk embedding]) -> chunk``) evaluated on
     embedding intervals by IBP; the chunk embeddings are points, only the task embedding is an interval.
 
@@ -146,10 +145,7 @@ class IntervalHypernet(TaskHypernet):
         hidden: Sequence[int] = (100, 100),
         perturbation: float = 10.0,
     ) -> None:
-        super().__init__(target, num_tasks, embedding_dim, mip=False)
-        self.num_chunks = math.ceil(self.num_params / chunk_size)
-        self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, chunk_embedding_dim))
-        self.mlp = relu_mlp([embedding_dim + chunk_embedding_dim, *hidden, chunk_size])
+        super().__init__(target, num_tasks, embedding_dim, chunk_embedding_dim, chunk_size, hidden)
         self.perturbation = perturbation
 
     @property
@@ -167,7 +163,7 @@ class IntervalHypernet(TaskHypernet):
         radius = torch.as_tensor(radius).expand_as(center)
         center = torch.cat([center[:, None].expand(k, self.num_chunks, -1), chunks], dim=-1)
         radius = torch.cat([radius[:, None].expand(k, self.num_chunks, -1), torch.zeros_like(chunks)], dim=-1)
-        center, radius = sequential_bounds(self.mlp, center, radius)
+        center, radius = sequential_bounds(self.body, center, radius)
         return center.reshape(k, -1)[:, : self.num_params], radius.reshape(k, -1)[:, : self.num_params]
 
     def forward(self, tasks: Tensor) -> Tensor:
