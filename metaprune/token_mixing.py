@@ -1,9 +1,14 @@
-"""Find the linear layers that mix along tokens rather than features.
+"""Find the linear layers that Torch-Pruning's dependency graph would couple wrongly.
 
-MLP-Mixer's and ResMLP's token mixing and gMLP's spatial gating unit apply an ``nn.Linear`` to a transposed
-sequence. Torch-Pruning's dependency graph does not follow the transpose: it couples the token axis with the
-channels, so pruning them would cut tokens as if they were channels. This module runs the example input once and
-follows which axis of every tensor holds the features, so that those layers can be kept whole.
+- Linears along tokens: MLP-Mixer's and ResMLP's token mixing and gMLP's spatial gating unit apply an
+  ``nn.Linear`` to a transposed sequence. The dependency graph does not follow the transpose: it couples the
+  token axis with the channels, so pruning them would cut tokens as if they were channels.
+- Fused linears split along their features on an axis other than 1: Phi-3's ``gate_up_proj`` and timm's
+  ``GluMlp`` chunk one linear's output into gate and value on the last axis of ``[batch, tokens, features]``.
+  The dependency graph maps split channels only on axis 1 (convolutions' layout), so it indexes past the halves.
+
+This module runs the example input once and follows which axis of every tensor holds the features, so that those
+layers can be kept whole.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 _SWAPS = {"transpose", "swapaxes", "swapdims"}
 _FEATURES_FIRST = {"conv1d", "conv2d", "conv3d", "batch_norm", "group_norm", "instance_norm"}
+_SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}
 
 
 class _FeatureAxes(TorchFunctionMode):
@@ -28,16 +34,29 @@ class _FeatureAxes(TorchFunctionMode):
         self.axes: dict[int, int] = {}  # id of a tensor -> its feature axis, from the front
         self.alive: list[Tensor] = []  # keeps every tracked tensor alive, so that ids are not reused
         self.along_tokens: set[str] = set()
+        self.outputs: dict[int, str] = {}  # id of a Linear's output -> the Linear's name
+        self.split: set[str] = set()  # Linears whose output is split on its feature axis, not axis 1
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name in _SPLITS and args and id(args[0]) in self.outputs:
+            self._check_split(args, kwargs)
+        if name == "linear" and len(args) > 1 and id(args[1]) in self.weights and isinstance(out, Tensor):
+            self.outputs[id(out)] = self.weights[id(args[1])]
         if isinstance(out, Tensor):
-            axis = self._output_axis(getattr(func, "__name__", ""), args, kwargs, out)
+            axis = self._output_axis(name, args, kwargs, out)
             if axis is not None and 0 <= axis < out.dim():
                 self.axes[id(out)] = axis
                 self.alive.append(out)
         return out
+
+    def _check_split(self, args: tuple, kwargs: dict) -> None:
+        source = args[0]
+        dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % source.dim()
+        if dim == self._axis(source) and dim != 1:
+            self.split.add(self.outputs[id(source)])
 
     def _axis(self, tensor: Any) -> int | None:
         return self.axes.get(id(tensor)) if isinstance(tensor, Tensor) else None
@@ -77,6 +96,16 @@ def _dims(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple[int
 def token_mixing_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
     """The names of the ``nn.Linear`` layers of ``model`` that read their input along a non-feature axis (a
     transposed sequence), found by running ``example_inputs`` once without gradients."""
+    return _trace(model, example_inputs, "along_tokens")
+
+
+def split_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
+    """The names of the ``nn.Linear`` layers of ``model`` whose output is split (``chunk``, ``split``) along its
+    features on an axis other than 1, found by running ``example_inputs`` once without gradients."""
+    return _trace(model, example_inputs, "split")
+
+
+def _trace(model: nn.Module, example_inputs: Tensor, found: str) -> list[str]:
     weights = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     mode = _FeatureAxes(weights)
     was_training = model.training
@@ -86,4 +115,4 @@ def token_mixing_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
             model(example_inputs)
     finally:
         model.train(was_training)
-    return [name for name in weights.values() if name in mode.along_tokens]
+    return [name for name in weights.values() if name in getattr(mode, found)]

@@ -70,3 +70,38 @@ def test_a_torch_pruning_failure_stays_an_internal_error_that_says_where_it_happ
     with pytest.raises(IndexError) as failure:  # the graph couples the mixer's tokens with its channels
         prune(_mixer(), torch.randn(2, 1, 32, 32), speedup=1.5)
     assert "Torch-Pruning failed while pruning step 1 of 100" in "".join(failure.value.__notes__)
+
+
+class _FusedGLU(nn.Module):
+    """A gated MLP whose gate and value come from one linear chunked on the last axis (Phi-3's ``gate_up_proj``),
+    beside one chunked on axis 1 of a ``[batch, features]`` input, which the dependency graph maps."""
+
+    def __init__(self, sequence: bool) -> None:
+        super().__init__()
+        self.sequence = sequence
+        self.embed = nn.Linear(4, 8)
+        self.gate_up = nn.Linear(8, 32)
+        self.down = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x if self.sequence else x.flatten(0, 1))
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return self.head(h + self.down(torch.nn.functional.silu(gate) * up))
+
+
+def test_fused_linears_split_on_the_last_axis_are_kept_whole(monkeypatch) -> None:
+    from metaprune.prune import ImpossibleTargetError
+    from metaprune.token_mixing import split_linears
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 4)
+    assert split_linears(_FusedGLU(sequence=True), x) == ["gate_up"]
+    assert split_linears(_FusedGLU(sequence=False), x) == []  # chunked on axis 1: Torch-Pruning's layout
+    model = _FusedGLU(sequence=True)
+    only_the_mlp = dict(ignored_layers=["head", "embed"])
+    with pytest.raises(ImpossibleTargetError):  # the fused MLP kept whole leaves nothing to prune: a usage error
+        prune(model, x, speedup=1.1, **only_the_mlp)
+    monkeypatch.setattr("metaprune.prune.split_linears", lambda model, example_inputs: [])
+    with pytest.raises(IndexError):  # what Torch-Pruning does with it
+        prune(model, x, speedup=1.1, **only_the_mlp)

@@ -1,12 +1,15 @@
 """Converter coverage on a broad zoo built from code: which model families each graph view handles.
 
 Every model is built from a tiny configuration with random weights (nothing is downloaded), and each is
-tried four ways:
+tried five ways:
 
 - **op graph**: ``to_op_graph(model, inputs)`` builds;
 - **neuron round trip**: ``from_neuron_graph(to_neuron_graph(model, inputs))`` gives back every parameter
   (and batch-norm statistic) bit for bit;
 - **predict**: ``LoGAH(small config).predict(model, inputs)`` gives every parameter, in its shape;
+- **prune**: ``metaprune.prune(model, example, speedup=1.3)`` with ``prune_model``'s defaults (FLOPs, its
+  default layers kept whole, global ranking for models with timm-style attention) gives a model with fewer
+  parameters that runs and answers in the same shape;
 - **unchanged by tracing**: after all of the above, the model's real forward equals that of an untouched
   copy, both for a model converted before its first forward and for one converted after it (eval-mode
   caches such as LeViT's attention biases are filled by the first forward).
@@ -44,7 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-VIEWS = ("op graph", "neuron round trip", "predict", "unchanged by tracing")
+VIEWS = ("op graph", "neuron round trip", "predict", "prune", "unchanged by tracing")
+PRUNE_SPEEDUP = 1.3
 VOCAB = 100
 IMAGE = 32
 LARGE = ("gpt2-large", "llama-1b")
@@ -316,7 +320,7 @@ ZOO: tuple[Family, ...] = (
 )
 
 
-# -- the four views ---------------------------------------------------------------------------------------
+# -- the five views ---------------------------------------------------------------------------------------
 
 
 def check_op_graph(model: nn.Module, inputs: Any) -> None:
@@ -347,6 +351,21 @@ def check_predict(model: nn.Module, inputs: Any) -> None:
     if got != expected:
         wrong = sorted(set(expected.items()) ^ set(got.items()))
         raise AssertionError(f"predicted {len(got)} tensors for {len(expected)} parameters; differ: {wrong[:3]}")
+
+
+def check_prune(model: nn.Module, inputs: Any) -> None:
+    """A pruned copy with fewer parameters that runs and answers in the dense model's shape."""
+    from metaprune.pipeline import default_global_pruning
+    from metaprune.prune import prune
+
+    example = inputs["input_ids"] if isinstance(inputs, dict) else inputs
+    global_pruning = default_global_pruning(model)
+    result = prune(model, example, speedup=PRUNE_SPEEDUP, counter="flops", global_pruning=global_pruning)
+    if not result.params < result.base_params:
+        raise AssertionError(f"pruned nothing ({result.params} of {result.base_params} parameters left)")
+    dense, pruned = forward(model, inputs), forward(result.model, inputs)
+    if pruned.shape != dense.shape:
+        raise AssertionError(f"the pruned model answers in shape {tuple(pruned.shape)}, not {tuple(dense.shape)}")
 
 
 _LOGAH: list[nn.Module] = []
@@ -388,7 +407,7 @@ def check_unchanged(family: Family, convert: Callable[[nn.Module, Any], None]) -
 
 def _convert_every_way(model: nn.Module, inputs: Any) -> None:
     """Every conversion, failing or not: their own columns report failures, here only what they leave behind counts."""
-    for check in (check_op_graph, check_round_trip, check_predict):
+    for check in (check_op_graph, check_round_trip, check_predict, check_prune):
         with contextlib.suppress(Exception):
             check(model, inputs)
 
@@ -405,6 +424,7 @@ def run_family(family: Family) -> dict[str, str]:
         "op graph": lambda: check_op_graph(model, inputs),
         "neuron round trip": lambda: check_round_trip(model, inputs),
         "predict": lambda: check_predict(model, inputs),
+        "prune": lambda: check_prune(model, inputs),
         "unchanged by tracing": lambda: check_unchanged(family, _convert_every_way),
     }
     return {view: _outcome(check) for view, check in checks.items()}
@@ -546,7 +566,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run_zoo(families: Sequence[Family]) -> None:
-    """Try every family four ways, printing progress, then the table."""
+    """Try every family five ways, printing progress, then the table."""
     results: dict[str, dict[str, str]] = {}
     start = time.perf_counter()
     for family in families:
