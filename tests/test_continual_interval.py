@@ -11,6 +11,8 @@ from torch import nn
 from torch.func import functional_call
 
 from hypernets.cli import main
+from hypernets.continual.benchmarks import load_benchmark
+from hypernets.continual.experiment import Experiment, build_learner
 from hypernets.continual.hypernet import ChunkedHypernet, target_mlp
 from hypernets.continual.interval import (
     HyperIntervalLearner,
@@ -102,7 +104,7 @@ def test_radius_zero_is_the_point_hypernetwork_and_network() -> None:
     low, high = target_bounds(target, params, params, x)
     logits = functional_call(target, params, (x,))
     assert torch.allclose(low, logits, atol=1e-6) and torch.allclose(high, logits, atol=1e-6)
-    _, wide = hypernet.bounds(center, hypernet.radius)
+    _, wide = hypernet.bounds(center, hypernet.radii(tasks))
     assert (wide > 0).any() and (wide >= 0).all()
 
 
@@ -113,8 +115,8 @@ def test_universal_embedding_lies_in_every_tasks_interval() -> None:
     with torch.no_grad():
         for e in hypernet.task_embeddings:
             e.copy_(10 * torch.randn(6))
-    centers, radius = hypernet.centers(torch.arange(5)), hypernet.radius
-    assert radius == 0.5 and (centers.abs() <= radius / 2).all()
+    centers, radius = hypernet.centers(torch.arange(5)), hypernet.radii(torch.arange(5))
+    assert torch.equal(radius, torch.full((5, 6), 0.5)) and (centers.abs() <= radius / 2).all()
     universal = hypernet.universal_embedding(5)
     assert ((universal >= centers - radius) & (universal <= centers + radius)).all()
     low, high = intersection(centers - radius, centers + radius)
@@ -140,6 +142,44 @@ def test_universal_learner_answers_every_task_with_one_network() -> None:
     assert torch.equal(learner.logits(0, x), learner.logits(1, x))
     learner.universal = False
     assert not torch.equal(learner.logits(0, x), learner.logits(1, x))
+
+
+def test_without_nesting_each_task_has_its_own_interval_and_learned_radius() -> None:
+    """The reference's task-incremental variant: the interval is centered at ``e_t`` itself (not squashed
+    into the shared cube ``eps / (2M) * cos(e_t)``), its radius ``eps * softmax(v_t)`` starts at ``eps / M`` and
+    trains with the task, and a new task does not start from the last one's embedding."""
+    torch.manual_seed(5)
+    target = target_mlp(2, hidden=(4,), inputs=3)
+    hypernet = IntervalHypernet(target, num_tasks=2, embedding_dim=4, perturbation=2.0, nesting=False)
+    tasks = torch.arange(2)
+    with torch.no_grad():
+        hypernet.task_embeddings[0].fill_(3.0)
+        hypernet.task_embeddings[1].fill_(-3.0)
+    assert torch.equal(hypernet.centers(tasks), torch.tensor([[3.0] * 4, [-3.0] * 4]))
+    assert torch.allclose(hypernet.radii(tasks), torch.full((2, 4), 0.5))
+    with pytest.raises(ValueError, match="do not intersect"):  # far apart: no universal embedding promised
+        hypernet.universal_embedding(2)
+    trainable = {id(p) for p in hypernet.trainable(1)}
+    assert id(hypernet.radius_logits[1]) in trainable and id(hypernet.radius_logits[0]) not in trainable
+    assert id(hypernet.task_embeddings[1]) in trainable and id(hypernet.task_embeddings[0]) not in trainable
+    learner = HyperIntervalLearner(hypernet, target, [(0, 1), (2, 3)], steps=2, beta=0.01)
+    learner.begin_task(1)
+    assert torch.equal(hypernet.task_embeddings[1], torch.full((4,), -3.0))
+    x, y = torch.rand(8, 3), torch.randint(2, (8,))
+    learner.train_step(1, x, y)
+    learner.train_step(1, x, y)  # the first step ramps from radius 0, where the radius gets no gradient
+    assert hypernet.radius_logits[1].grad is not None and not torch.equal(hypernet.radius_logits[1], torch.zeros(4))
+    nested = IntervalHypernet(target, num_tasks=2, embedding_dim=4, perturbation=2.0)
+    assert id(nested.radius_logits[1]) not in {id(p) for p in nested.trainable(1)}  # nested: fixed eps / M
+
+
+def test_the_grid_methods_build_the_reference_variants() -> None:
+    """``hyperinterval`` is the reference's task-incremental (free) variant, ``hyperinterval-universal`` its
+    nested one: only the nested one gives every task an interval inside the shared cube."""
+    benchmark = load_benchmark("split", 2, 0)
+    free = build_learner(Experiment(method="hyperinterval", steps=2), benchmark)
+    nested = build_learner(Experiment(method="hyperinterval", universal=True, steps=2), benchmark)
+    assert not free.hypernet.nesting and nested.hypernet.nesting
 
 
 def test_schedule_ramps_the_perturbation_over_half_a_task_then_switches_kappa() -> None:

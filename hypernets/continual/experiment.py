@@ -93,6 +93,7 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
             experiment.embedding_dim,
             chunk_size=experiment.chunk_size,
             perturbation=experiment.perturbation,
+            nesting=experiment.universal,  # as the reference: nested for the universal embedding, else free
         )
         return HyperIntervalLearner(
             hypernet,

@@ -2,16 +2,20 @@
 hypernetwork to weight intervals by interval bound propagation (IBP), and one universal embedding in
 their intersection that gives a single network for all tasks.
 
-What the authors' code does (github.com/pkrukowski1/HyperInterval: ``IntervalNets/hmlp_ibp_with_nesting.py``,
-``Training/train_nested_classification_scenario.py``, ``Utils/hnet_interval_regularizer.py``,
-``Utils/handy_functions.py``, ``LossFunctions/classification_loss_function.py``), checked for this module:
+What the authors' code does (github.com/pkrukowski1/HyperInterval: ``README.md``, ``IntervalNets/hmlp_ibp_*``,
+``Training/train_{nested,non_forced}_classification_scenario.py``, ``Utils/prepare_*_scenario_params.py``,
+``Utils/hnet_interval_regularizer.py``, ``LossFunctions/classification_loss_function.py``), checked here:
 
-- **Interval embeddings with a guaranteed intersection** ("nesting", the variant that yields the universal
-  embedding). Task ``t`` has a free vector ``e_t`` of size ``M``; its interval is centered at
-  ``sigma * cos(e_t)`` with ``sigma = eps / (2M)`` and has the same fixed radius ``eps / M`` in every
-  coordinate (their radius is ``eps * softmax(v)`` with ``v`` a constant vector, so ``eps / M``). Every center
-  lies in ``[-r/2, r/2]^M`` with ``r = eps / M``, so every interval contains that cube: the intersection over
-  any set of tasks is never empty. ``e_t`` starts as a copy of ``e_{t-1}`` and is frozen after task ``t``.
+- **Two variants.** The README trains task-incremental learning with the "non-forced" script
+  (``hmlp_ibp_wo_nesting.py``): task ``t``'s interval is centered at its free embedding ``e_t`` (hypnettorch's
+  N(0, 1) init, no copy from the last task) with the learned radius ``eps * softmax(v_t)`` (``v_t`` trains with
+  the task, starts uniform); Split-MNIST: ``eps = 1``, embedding 72, hypernetwork ``[75, 75]``, batch 128,
+  ``beta = 0.01``. The universal embedding comes from the nested script, which the README calls the
+  domain-incremental one: task ``t``'s interval is centered at ``sigma * cos(e_t)`` with ``sigma = eps / (2M)``
+  and the fixed radius ``eps / M`` in every coordinate, so every interval contains the cube
+  ``[-r/2, r/2]^M`` (``r = eps / M``) and any set of tasks intersects. ``e_t`` starts as a copy of
+  ``e_{t-1}``. Split-MNIST: ``eps = 10``, embedding 24, hypernetwork ``[100]``, batch 64, ``beta = 0.001``.
+  Either way ``e_t`` (and ``v_t``) are frozen after task ``t``, and every task has a 2-way head.
 - **IBP through the hypernetwork** (a ReLU MLP, embedding -> all target parameters; ``[100]`` hidden for
   Split-MNIST): center/radius form, ``c <- W c + b``, ``r <- |W| r`` for a linear layer, and for ReLU the
   midpoint and half-width of ``[relu(c - r), relu(c + r)]``. The output box ``[theta_c - theta_r,
@@ -30,16 +34,17 @@ What the authors' code does (github.com/pkrukowski1/HyperInterval: ``IntervalNet
   largest lower and the smallest upper end), fed to the hypernetwork with the same radius; the box midpoint
   is the one network evaluated on every task. Split-MNIST has one 2-way head shared by all tasks (label:
   first or second digit of the pair), so that network never needs the task: it answers "even or odd digit".
-- Their Split-MNIST settings: embedding size 24, ``eps = 10``, ``beta = 0.001``, batch 64, 2000 iterations
-  per task, target MLP 784-400-400-2.
+- Both Split-MNIST runs: 2000 iterations per task, target MLP 784-400-400-2.
 
-Here, on the same protocol: the target is the benchmarks' 784-100-100-2 MLP and the hypernetwork von Oswald
-et al.'s chunked one (the chunk embeddings are points in the IBP; a full-output MLP was 10x slower a step on
-CPU); ``kappa`` follows their schedule; only the radius ramps (the centers keep ``sigma`` of the full ``eps``;
-theirs scale with the current ``eps``, so at step 0 every center is 0); the penalty is
+Here ``nesting=False`` is the task-incremental variant (grid method ``hyperinterval``), ``nesting=True`` the
+nested one (``hyperinterval-universal``), both at the grid's one ``eps``. The target is the benchmarks'
+784-100-100-2 MLP and the hypernetwork von Oswald et al.'s chunked one (the chunk embeddings are points in the
+IBP; a full-output MLP was 10x slower a step on CPU); ``kappa`` follows their schedule; only the radius ramps
+(nested, the centers keep ``sigma`` of the full ``eps``; theirs scale with the current ``eps``, so at step 0
+every center is 0); the penalty is
 :class:`~hypernets.continual.regularizer.OutputRegularizer` on the stacked bounds, ``beta * mean_j mean_bound
 |d|^2`` (divided by the number of earlier tasks once); the last step's network is kept (theirs keeps the step
-of lowest training loss at full ``eps``).
+of lowest training loss at full ``eps``, nested, or of best validation accuracy, non-forced).
 """
 
 from __future__ import annotations
@@ -130,9 +135,12 @@ class IntervalHypernet(ChunkedHypernet):
     """von Oswald et al.'s chunked hypernetwork (``MLP([embedding, chunk embedding]) -> chunk``) evaluated on
     embedding intervals by IBP; the chunk embeddings are points, only the task embedding is an interval.
 
-    Task ``t``'s interval is centered at ``eps / (2M) * cos(e_t)`` with radius ``eps / M`` in each of the
-    ``M`` coordinates, so all intervals share the cube ``[-eps / 2M, eps / 2M]^M``. ``forward(tasks)`` (the
-    :class:`TaskHypernet` interface) gives each task's network, the midpoint of its weight box.
+    With ``nesting`` (the reference's domain-incremental variant, the one with a universal embedding) task
+    ``t``'s interval is centered at ``eps / (2M) * cos(e_t)`` with radius ``eps / M`` in each of the ``M``
+    coordinates, so all intervals share the cube ``[-eps / 2M, eps / 2M]^M``. Without (the reference's
+    task-incremental variant) it is centered at ``e_t`` itself with the learned radius ``eps * softmax(v_t)``:
+    tasks may sit far apart, and no intersection is promised. ``forward(tasks)`` (the :class:`TaskHypernet`
+    interface) gives each task's network, the midpoint of its weight box.
     """
 
     def __init__(
@@ -144,18 +152,33 @@ class IntervalHypernet(ChunkedHypernet):
         chunk_size: int = 4096,
         hidden: Sequence[int] = (100, 100),
         perturbation: float = 10.0,
+        nesting: bool = True,
     ) -> None:
         super().__init__(target, num_tasks, embedding_dim, chunk_embedding_dim, chunk_size, hidden)
-        self.perturbation = perturbation
+        self.perturbation, self.nesting = perturbation, nesting
+        # softmax(0) = 1 / M: every radius starts at eps / M, as the reference's (a softmax of a constant)
+        self.radius_logits = nn.ParameterList(
+            [nn.Parameter(torch.zeros(embedding_dim), requires_grad=not nesting) for _ in range(num_tasks)]
+        )
 
-    @property
-    def radius(self) -> float:
-        """Every task interval's half-width in each embedding coordinate, ``eps / M``."""
-        return self.perturbation / self.embedding_dim
+    def weights(self) -> list[nn.Parameter]:
+        """What all tasks share: neither the task embeddings nor their radii."""
+        own = {id(p) for p in self.radius_logits}
+        return [p for p in super().weights() if id(p) not in own]
+
+    def trainable(self, task: int) -> list[nn.Parameter]:
+        """The shared weights, ``task``'s embedding and, without nesting, its radius."""
+        return [*super().trainable(task), *([] if self.nesting else [self.radius_logits[task]])]
 
     def centers(self, tasks: Tensor) -> Tensor:
-        """``[k]`` task ids -> ``[k, M]`` interval centers ``eps / (2M) * cos(e_t)``."""
-        return self.radius / 2 * torch.cos(self.embed(tasks))
+        """``[k]`` task ids -> ``[k, M]`` interval centers: ``eps / (2M) * cos(e_t)`` nested, else ``e_t``."""
+        e = self.embed(tasks)
+        return self.perturbation / self.embedding_dim / 2 * torch.cos(e) if self.nesting else e
+
+    def radii(self, tasks: Tensor) -> Tensor:
+        """``[k]`` task ids -> ``[k, M]`` half-widths ``eps * softmax(v_t)`` (``eps / M`` while nested)."""
+        logits = torch.stack([self.radius_logits[int(t)] for t in tasks])
+        return self.perturbation * torch.softmax(logits, dim=-1)
 
     def bounds(self, center: Tensor, radius: Tensor | float) -> tuple[Tensor, Tensor]:
         """``[k, M]`` embedding boxes -> ``[k, num_params]`` center and radius of the weight boxes."""
@@ -166,19 +189,27 @@ class IntervalHypernet(ChunkedHypernet):
         center, radius = sequential_bounds(self.body, center, radius)
         return center.reshape(k, -1)[:, : self.num_params], radius.reshape(k, -1)[:, : self.num_params]
 
+    def task_bounds(self, tasks: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``[k]`` task ids -> their weight boxes, with the embedding radii scaled by ``share``."""
+        return self.bounds(self.centers(tasks), share * self.radii(tasks))
+
     def forward(self, tasks: Tensor) -> Tensor:
         """``[k]`` task ids -> ``[k, num_params]``: each task's network, the midpoint of its weight box."""
-        return self.bounds(self.centers(tasks), self.radius)[0]
+        return self.task_bounds(tasks)[0]
 
     def universal_embedding(self, num_tasks: int) -> Tensor:
         """``[M]``: the midpoint of the intersection of tasks ``0 .. num_tasks - 1``'s intervals."""
-        centers = self.centers(torch.arange(num_tasks))
-        low, high = intersection(centers - self.radius, centers + self.radius)
+        tasks = torch.arange(num_tasks)
+        centers, radii = self.centers(tasks), self.radii(tasks)
+        low, high = intersection(centers - radii, centers + radii)
         return (low + high) / 2
 
     def universal(self, num_tasks: int) -> dict[str, Tensor]:
-        """The single network for the first ``num_tasks`` tasks, from the universal embedding's box."""
-        return self.unflatten(self.bounds(self.universal_embedding(num_tasks)[None], self.radius)[0][0])
+        """The single network for the first ``num_tasks`` tasks: the midpoint of the weight box around the
+        universal embedding with radius ``eps / M``, as the reference evaluates it."""
+        embedding = self.universal_embedding(num_tasks)[None]
+        radius = torch.full_like(embedding, self.perturbation / self.embedding_dim)
+        return self.unflatten(self.bounds(embedding, radius)[0][0])
 
 
 class WeightBounds(nn.Module):
@@ -190,7 +221,7 @@ class WeightBounds(nn.Module):
         self.hypernet = hypernet
 
     def forward(self, tasks: Tensor) -> Tensor:
-        center, radius = self.hypernet.bounds(self.hypernet.centers(tasks), self.hypernet.radius)
+        center, radius = self.hypernet.task_bounds(tasks)
         return torch.stack([center - radius, center, center + radius], dim=1)
 
 
@@ -220,7 +251,7 @@ class HyperIntervalLearner(PerTaskNetworks):
         self.step = 0
 
     def begin_task(self, task: int) -> None:
-        if task > 0:  # start from the last task's embedding, as the reference does
+        if task > 0 and self.hypernet.nesting:  # the reference's nested runs start from the last embedding
             with torch.no_grad():
                 self.hypernet.task_embeddings[task].copy_(self.hypernet.task_embeddings[task - 1])
         self.optimizer = torch.optim.Adam(self.hypernet.trainable(task), lr=self.lr)
@@ -242,7 +273,7 @@ class HyperIntervalLearner(PerTaskNetworks):
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
         self.hypernet.zero_grad(set_to_none=True)
         ramp, kappa = self.schedule()
-        center, radius = self.hypernet.bounds(self.hypernet.centers(torch.tensor([task])), ramp * self.hypernet.radius)
+        center, radius = self.hypernet.task_bounds(torch.tensor([task]), ramp)
         middle = self.hypernet.unflatten(center[0])
         lower, upper = self.hypernet.unflatten(center[0] - radius[0]), self.hypernet.unflatten(center[0] + radius[0])
         fit = F.cross_entropy(functional_call(self.target, middle, (x,)), y)
