@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 
 from hypernets.cli import main
 from hypernets.continual.benchmarks import load_benchmark
@@ -181,28 +180,6 @@ def test_the_grid_methods_build_the_reference_variants() -> None:
     free = build_learner(Experiment(method="hyperinterval", steps=2), benchmark)
     nested = build_learner(Experiment(method="hyperinterval", universal=True, steps=2), benchmark)
     assert not free.hypernet.nesting and nested.hypernet.nesting
-
-
-def test_multihead_reads_each_tasks_own_block_of_outputs() -> None:
-    """A target with a 2-way block per task: task ``t`` answers (and trains) with outputs ``2t, 2t + 1``; the
-    universal network is then one network whose blocks the task id picks."""
-    torch.manual_seed(6)
-    target = target_mlp(6, hidden=(4,), inputs=3)
-    hypernet = IntervalHypernet(target, num_tasks=3, embedding_dim=4, chunk_size=16)
-    classes = [(0, 1), (2, 3), (4, 5)]
-    learner = HyperIntervalLearner(hypernet, target, classes, steps=2, beta=0.01, universal=True, multihead=True)
-    outputs = torch.arange(12.0).view(2, 6)
-    assert torch.equal(learner.head(1, outputs), torch.tensor([[2.0, 3.0], [8.0, 9.0]]))
-    x = torch.rand(5, 3)
-    learner.learned = 3
-    full = functional_call(target, hypernet.universal(3), (x,))
-    assert learner.logits(2, x).shape == (5, 2) and torch.equal(learner.logits(2, x), full[:, 4:])
-    y = torch.randint(2, (5,))
-    learner.begin_task(1)  # (nested: copies task 0's embedding)
-    with torch.no_grad():  # step 0 trains at radius 0: the point network, scored on block 1 alone
-        point, _ = hypernet.bounds(hypernet.centers(torch.tensor([1])), 0.0)
-        expected = F.cross_entropy(functional_call(target, hypernet.unflatten(point[0]), (x,))[:, 2:4], y)
-    assert learner.train_step(1, x, y)["loss"] == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_schedule_ramps_the_perturbation_over_half_a_task_then_switches_kappa() -> None:

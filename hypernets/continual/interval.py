@@ -214,36 +214,15 @@ class IntervalHypernet(ChunkedHypernet):
 
 class WeightBounds(nn.Module):
     """``[k]`` task ids -> ``[k, 3, num_params]`` lower, middle and upper weights at the full perturbation:
-    what :class:`OutputRegularizer` keeps in place for earlier tasks. ``used[t]`` (``[num_tasks, num_params]``,
-    0 or 1) zeroes the weights task ``t`` never reads (other tasks' heads), so that those stay free."""
+    what :class:`OutputRegularizer` keeps in place for earlier tasks."""
 
-    def __init__(self, hypernet: IntervalHypernet, used: Tensor | None = None) -> None:
+    def __init__(self, hypernet: IntervalHypernet) -> None:
         super().__init__()
-        self.hypernet, self.used = hypernet, used
+        self.hypernet = hypernet
 
     def forward(self, tasks: Tensor) -> Tensor:
         center, radius = self.hypernet.task_bounds(tasks)
-        bounds = torch.stack([center - radius, center, center + radius], dim=1)
-        return bounds if self.used is None else bounds * self.used[tasks][:, None]
-
-
-def head_masks(hypernet: IntervalHypernet, target: nn.Sequential, num_tasks: int) -> Tensor:
-    """``[num_tasks, num_params]``: 1 where task ``t`` reads the weight, i.e. everywhere but the rows of the last
-    ``Linear`` (weight and bias) that belong to other tasks' blocks of ``out_features / num_tasks`` outputs."""
-    last = [name for name, layer in target.named_children() if isinstance(layer, nn.Linear)][-1]
-    width = target.get_submodule(last).out_features // num_tasks
-    masks = []
-    for task in range(num_tasks):
-        rows = torch.zeros(num_tasks * width)
-        rows[task * width : (task + 1) * width] = 1
-        parts = []
-        for name, shape in zip(hypernet.names, hypernet.shapes, strict=True):
-            part = torch.ones(shape)
-            if name in (f"{last}.weight", f"{last}.bias"):
-                part = rows.view(-1, *[1] * (len(shape) - 1)).expand(shape)
-            parts.append(part.flatten())
-        masks.append(torch.cat(parts))
-    return torch.stack(masks)
+        return torch.stack([center - radius, center, center + radius], dim=1)
 
 
 class HyperIntervalLearner(PerTaskNetworks):
@@ -262,13 +241,12 @@ class HyperIntervalLearner(PerTaskNetworks):
         kappa: float = 0.5,
         lr: float = 1e-3,
         universal: bool = False,
-        multihead: bool = False,
     ) -> None:
         super().__init__(classes)
         self.hypernet, self.target, self.steps, self.kappa, self.lr = hypernet, target, steps, kappa, lr
-        self.universal, self.multihead = universal, multihead
+        self.universal = universal
         self.regularizer = OutputRegularizer(beta)
-        self.bounds = WeightBounds(hypernet, head_masks(hypernet, target, len(classes)) if multihead else None)
+        self.bounds = WeightBounds(hypernet)
         self.optimizer: torch.optim.Adam | None = None
         self.step = 0
 
@@ -288,17 +266,9 @@ class HyperIntervalLearner(PerTaskNetworks):
             return 1.0, self.kappa
         return self.step / max(1, half - 1), max(1 - KAPPA_DECAY * self.step, self.kappa)
 
-    def head(self, task: int, outputs: Tensor) -> Tensor:
-        """Task ``task``'s logits: all outputs, or with ``multihead`` its own block of them (the target then has
-        one block per task, and the task id picks the block, as for one network with a head per task)."""
-        if not self.multihead:
-            return outputs
-        width = self.classes.shape[1]
-        return outputs[..., task * width : (task + 1) * width]
-
     def logits(self, task: int, x: Tensor) -> Tensor:
         params = self.hypernet.universal(self.learned) if self.universal else self.hypernet.predict(task)
-        return self.head(task, functional_call(self.target, params, (x,)))
+        return functional_call(self.target, params, (x,))
 
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
         self.hypernet.zero_grad(set_to_none=True)
@@ -306,9 +276,8 @@ class HyperIntervalLearner(PerTaskNetworks):
         center, radius = self.hypernet.task_bounds(torch.tensor([task]), ramp)
         middle = self.hypernet.unflatten(center[0])
         lower, upper = self.hypernet.unflatten(center[0] - radius[0]), self.hypernet.unflatten(center[0] + radius[0])
-        fit = F.cross_entropy(self.head(task, functional_call(self.target, middle, (x,))), y)
-        low, high = (self.head(task, bound) for bound in target_bounds(self.target, lower, upper, x))
-        worst = F.cross_entropy(worst_case_logits(low, high, y), y)
+        fit = F.cross_entropy(functional_call(self.target, middle, (x,)), y)
+        worst = F.cross_entropy(worst_case_logits(*target_bounds(self.target, lower, upper, x), y), y)
         loss = kappa * fit + (1 - kappa) * worst
         stats = {"loss": fit.item(), "worst_case_loss": worst.item()}
         if len(self.regularizer.tasks):
