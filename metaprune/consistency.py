@@ -9,6 +9,7 @@ something else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +21,9 @@ from torch import Tensor, nn
 from .conv1d import is_conv1d
 
 Shapes = dict[str, dict[str, torch.Size]]  # module name -> its own parameters' shapes
+# attributes that hold spatial sizes, never a channel count, whatever their value (torchvision's ViT keeps
+# image_size beside hidden_dim, equal in a small model)
+_SPATIAL = re.compile(r"image|img|patch|resolution|window|kernel|stride|grid|height|length|position")
 
 
 class PrunedModelBrokenError(ValueError):
@@ -38,7 +42,8 @@ def parameter_shapes(model: nn.Module) -> Shapes:
 def sync_size_attributes(model: nn.Module, before: Shapes) -> Shapes:
     """Where a parameter of such a module lost entries along a dimension since ``before``, every plain attribute
     of the module that held that dimension's old size (an int, or an element of a tuple or list of ints) takes
-    the new size; a size that some other dimension of the module kept is ambiguous and left alone. Returns the
+    the new size; a size that some other dimension of the module kept is ambiguous and left alone, and so are
+    attributes named for spatial sizes (``image_size``, ``patch_size``, ``window_size``...). Returns the
     shapes now, the ``before`` of the next call."""
     modules = dict(model.named_modules())
     for name, shapes in before.items():
@@ -53,7 +58,7 @@ def sync_size_attributes(model: nn.Module, before: Shapes) -> Shapes:
         resized = {a: b for a, b in changed.items() if a not in kept}
         if resized:
             for attribute, value in list(vars(module).items()):
-                if not attribute.startswith("_"):
+                if not attribute.startswith("_") and not _SPATIAL.search(attribute):
                     setattr(module, attribute, _resized(value, resized))
     return parameter_shapes(model)
 

@@ -448,7 +448,10 @@ def _is_projection(module: nn.Module) -> bool:
 
 
 def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    return {m.qkv: m.num_heads for m in attention_modules(model)}
+    """Torch-Pruning's key for each attention layer's heads: timm's ``qkv``, or ``nn.MultiheadAttention`` itself
+    (torchvision's ViT), whose ``embed_dim`` must stay a multiple of its heads."""
+    mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    return {m.qkv: m.num_heads for m in attention_modules(model)} | mha
 
 
 def _ignored(original: nn.Module, target: nn.Module, example_inputs: Tensor, layers: Layers | None) -> list[nn.Module]:

@@ -162,3 +162,18 @@ def test_timm_families_prune_to_a_model_that_runs(family: str) -> None:
     result = prune(model, x, speedup=1.3)
     assert result.params < result.base_params
     assert result.model(x).shape == model(x).shape == (1, 10)
+
+
+def test_torchvision_vit_keeps_its_heads_whole_and_its_image_size() -> None:
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    ).eval()  # hidden_dim equals image_size: a stored 32 that is not a channel count
+    x = torch.randn(1, 3, 32, 32)
+    result = prune(model, x, speedup=1.2)
+    attention = result.model.encoder.layers[0].self_attention
+    assert result.model.encoder.layers[0].mlp[0].out_features < 64
+    assert attention.embed_dim == 32 and result.model.image_size == 32
+    assert result.model(x).shape == (1, 10)
