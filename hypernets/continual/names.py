@@ -10,7 +10,7 @@ GRID_METHODS: dict[str, dict] = {  # method name -> Experiment settings
     "hypernet-logah": dict(method="hypernet", hypernet="logah", mip=True, residual=True),
     "hypernetize": dict(method="hypernet", hypernet="hypernetize", mip=True),
     "hypernet-rnn": dict(method="hypernet", hypernet="rnn"),
-    "hyperinterval": dict(method="hyperinterval"),
+    "hyperinterval": dict(method="hyperinterval", perturbation=1.0),  # the reference's task-incremental eps
     "hyperinterval-universal": dict(method="hyperinterval", universal=True),
     "ewc": dict(method="ewc"),
     "si": dict(method="si"),
