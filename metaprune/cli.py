@@ -181,10 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument(
         "--keep",
         type=_module_names,
-        default=(),
         metavar="NAME[,NAME]",
         help="modules never pruned, by their names in the model (as named_modules() gives them), beside the "
-        "classifier and the layers kept by default: for a module an error names after pruning",
+        "classifier and the layers the pruner keeps on its own: for a module an error names after pruning",
     )
     method.add_argument(
         "--sparse-steps",
@@ -275,7 +274,7 @@ def run_prune(args: argparse.Namespace) -> int:
             head_ratio=args.head_ratio,
             head_dims=args.head_dims,
             global_pruning=args.global_pruning,
-            keep=args.keep,
+            keep=args.keep or (),
             sparse_steps=args.sparse_steps,
             metanet=metanet,
             rewrite_strength=strength,
