@@ -23,7 +23,7 @@ from .conv1d import Magnitude, customized_pruners, is_conv1d, pruner_options
 from .copying import copy_model
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
-from .token_mixing import split_linears, token_mixing_linears
+from .token_mixing import misread_linears
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
@@ -455,9 +455,9 @@ def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
 
 
 def _ignored(original: nn.Module, target: nn.Module, example_inputs: Tensor, layers: Layers | None) -> list[nn.Module]:
-    """The ignored layers of ``target`` (see :func:`_resolve_layers`), plus its linears along tokens, always: the
-    dependency graph would couple their tokens with channels (see :mod:`metaprune.token_mixing`)."""
-    misread = token_mixing_linears(original, example_inputs) + split_linears(original, example_inputs)
+    """The ignored layers of ``target`` (see :func:`_resolve_layers`), plus, always, its linears the dependency graph
+    would couple wrongly: along tokens, or split on a feature axis other than 1 (see :mod:`metaprune.token_mixing`)."""
+    misread = misread_linears(original, example_inputs)
     return _resolve_layers(original, target, layers) + _resolve_layers(original, target, misread)
 
 

@@ -96,18 +96,26 @@ def _dims(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple[int
 def token_mixing_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
     """The names of the ``nn.Linear`` layers of ``model`` that read their input along a non-feature axis (a
     transposed sequence), found by running ``example_inputs`` once without gradients."""
-    return _trace(model, example_inputs, "along_tokens")
+    mode = _trace(model, example_inputs)
+    return _named(mode, mode.along_tokens)
 
 
 def split_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
     """The names of the ``nn.Linear`` layers of ``model`` whose output is split (``chunk``, ``split``) along its
     features on an axis other than 1, found by running ``example_inputs`` once without gradients."""
-    return _trace(model, example_inputs, "split")
+    mode = _trace(model, example_inputs)
+    return _named(mode, mode.split)
 
 
-def _trace(model: nn.Module, example_inputs: Tensor, found: str) -> list[str]:
-    weights = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    mode = _FeatureAxes(weights)
+def misread_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
+    """Both kinds from one forward pass: the linears pruning keeps whole."""
+    mode = _trace(model, example_inputs)
+    return _named(mode, mode.along_tokens | mode.split)
+
+
+def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
+    """One forward pass of ``example_inputs`` in eval mode without gradients, the feature axes followed."""
+    mode = _FeatureAxes({id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)})
     was_training = model.training
     model.eval()
     try:
@@ -115,4 +123,9 @@ def _trace(model: nn.Module, example_inputs: Tensor, found: str) -> list[str]:
             model(example_inputs)
     finally:
         model.train(was_training)
-    return [name for name in weights.values() if name in getattr(mode, found)]
+    return mode
+
+
+def _named(mode: _FeatureAxes, found: set[str]) -> list[str]:
+    """The linears in ``found``, in the model's order."""
+    return [name for name in mode.weights.values() if name in found]

@@ -66,7 +66,7 @@ def test_a_mixer_prunes_its_channel_mlps_and_equals_the_dense_model_with_those_c
 
 
 def test_a_torch_pruning_failure_stays_an_internal_error_that_says_where_it_happened(monkeypatch) -> None:
-    monkeypatch.setattr("metaprune.prune.token_mixing_linears", lambda model, example_inputs: [])
+    monkeypatch.setattr("metaprune.prune.misread_linears", lambda model, example_inputs: [])
     with pytest.raises(IndexError) as failure:  # the graph couples the mixer's tokens with its channels
         prune(_mixer(), torch.randn(2, 1, 32, 32), speedup=1.5)
     assert "Torch-Pruning failed while pruning step 1 of 100" in "".join(failure.value.__notes__)
@@ -102,6 +102,6 @@ def test_fused_linears_split_on_the_last_axis_are_kept_whole(monkeypatch) -> Non
     only_the_mlp = dict(ignored_layers=["head", "embed"])
     with pytest.raises(ImpossibleTargetError):  # the fused MLP kept whole leaves nothing to prune: a usage error
         prune(model, x, speedup=1.1, **only_the_mlp)
-    monkeypatch.setattr("metaprune.prune.split_linears", lambda model, example_inputs: [])
+    monkeypatch.setattr("metaprune.prune.misread_linears", lambda model, example_inputs: [])
     with pytest.raises(IndexError):  # what Torch-Pruning does with it
         prune(model, x, speedup=1.1, **only_the_mlp)
