@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from continual_helpers import check_outputs_every_parameter_per_task
 
 from hypernets.continual.hypernet import target_cnn, target_mlp
 from hypernets.continual.hypernetized import HypernetizedTaskHypernet
@@ -16,16 +17,7 @@ TINY = dict(body="chunked", hidden=16, layers=1, chunk_size=256, chunk_dim=8, em
 @pytest.mark.parametrize("build", [lambda: target_mlp(3, hidden=(8,), inputs=784), lambda: target_cnn(3, (2, 4))])
 def test_outputs_are_every_parameter_of_the_target_per_task(build) -> None:
     target = build()
-    shapes = {name: tuple(p.shape) for name, p in target.named_parameters()}
-    hypernet = HypernetizedTaskHypernet(target, num_tasks=3, **TINY)
-    flat = hypernet(torch.tensor([0, 2, 0]))
-    assert flat.shape == (3, sum(torch.Size(s).numel() for s in shapes.values()))
-    assert torch.allclose(flat[0], flat[2]) and not torch.allclose(flat[0], flat[1])
-    predicted = hypernet.predict(2)
-    assert {name: tuple(v.shape) for name, v in predicted.items()} == shapes
-    assert torch.allclose(torch.cat([v.reshape(-1) for v in predicted.values()]), flat[1], atol=1e-6)
-    logits = torch.func.functional_call(target, predicted, (torch.rand(5, 784),))
-    assert logits.shape == (5, 3)
+    check_outputs_every_parameter_per_task(target, lambda target: HypernetizedTaskHypernet(target, num_tasks=3, **TINY))
 
 
 def test_training_a_task_leaves_the_other_embeddings_where_they_were() -> None:

@@ -8,6 +8,7 @@ from functools import partial
 
 import pytest
 import torch
+from continual_helpers import check_outputs_every_parameter_per_task
 
 from hypernets.cli import main
 from hypernets.continual.hypernet import ChunkedHypernet, target_cnn, target_mlp
@@ -27,15 +28,7 @@ def count(module: torch.nn.Module) -> int:
 def test_outputs_are_every_parameter_of_the_target_per_task(build) -> None:
     torch.manual_seed(0)
     target = build()
-    shapes = {name: tuple(p.shape) for name, p in target.named_parameters()}
-    hypernet = RNNHypernet(target, num_tasks=3, **TINY)
-    flat = hypernet(torch.tensor([0, 2, 0]))
-    assert flat.shape == (3, sum(torch.Size(s).numel() for s in shapes.values()))
-    assert torch.allclose(flat[0], flat[2]) and not torch.allclose(flat[0], flat[1])
-    predicted = hypernet.predict(2)
-    assert {name: tuple(v.shape) for name, v in predicted.items()} == shapes
-    assert torch.allclose(torch.cat([v.reshape(-1) for v in predicted.values()]), flat[1], atol=1e-6)
-    assert torch.func.functional_call(target, predicted, (torch.rand(5, 784),)).shape == (5, 3)
+    check_outputs_every_parameter_per_task(target, lambda target: RNNHypernet(target, num_tasks=3, **TINY))
 
 
 @pytest.mark.parametrize(
