@@ -132,12 +132,18 @@ class ChunkedHypernet(TaskHypernet):
         Here an MLP that makes every chunk on its own; :class:`~hypernets.continual.rnn.RNNHypernet` chains them."""
         return relu_mlp(sizes)
 
+    def chunk_inputs(self, per_task: Tensor, chunks: Tensor) -> Tensor:
+        """``[k, M]`` per task and ``[num_chunks, C]`` per chunk -> the body's ``[k, num_chunks, M + C]`` inputs."""
+        k = len(per_task)
+        return torch.cat([per_task[:, None].expand(k, self.num_chunks, -1), chunks[None].expand(k, -1, -1)], dim=-1)
+
+    def flat(self, chunks: Tensor) -> Tensor:
+        """The body's ``[k, num_chunks, chunk_size]`` outputs -> ``[k, num_params]``, the last chunk cut."""
+        return chunks.reshape(len(chunks), -1)[:, : self.num_params]
+
     def forward(self, tasks: Tensor) -> Tensor:
         """``[k]`` task ids -> ``[k, num_params]`` flat target parameters."""
-        e = self.embed(tasks)
-        k, chunks = len(e), self.chunk_embeddings
-        inputs = torch.cat([e[:, None].expand(k, self.num_chunks, -1), chunks[None].expand(k, -1, -1)], dim=-1)
-        flat = self.body(inputs).reshape(k, -1)[:, : self.num_params]
+        flat = self.flat(self.body(self.chunk_inputs(self.embed(tasks), self.chunk_embeddings)))
         return flat + self.theta0 if self.residual else flat
 
 

@@ -182,12 +182,11 @@ class IntervalHypernet(ChunkedHypernet):
 
     def bounds(self, center: Tensor, radius: Tensor | float) -> tuple[Tensor, Tensor]:
         """``[k, M]`` embedding boxes -> ``[k, num_params]`` center and radius of the weight boxes."""
-        k, chunks = len(center), self.chunk_embeddings[None].expand(len(center), -1, -1)
         radius = torch.as_tensor(radius).expand_as(center)
-        center = torch.cat([center[:, None].expand(k, self.num_chunks, -1), chunks], dim=-1)
-        radius = torch.cat([radius[:, None].expand(k, self.num_chunks, -1), torch.zeros_like(chunks)], dim=-1)
+        center = self.chunk_inputs(center, self.chunk_embeddings)
+        radius = self.chunk_inputs(radius, torch.zeros_like(self.chunk_embeddings))  # chunk embeddings are points
         center, radius = sequential_bounds(self.body, center, radius)
-        return center.reshape(k, -1)[:, : self.num_params], radius.reshape(k, -1)[:, : self.num_params]
+        return self.flat(center), self.flat(radius)
 
     def task_bounds(self, tasks: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor]:
         """``[k]`` task ids -> their weight boxes, with the embedding radii scaled by ``share``."""
