@@ -3,10 +3,12 @@
 Each row is a byte-level GPT-2 (named like ``l2-w768``) whose parameters come from two sources, Hugging
 Face's random init and a hypernetwork's prediction: ``random`` and ``predicted`` take everything from one,
 ``random:PART,...`` is random init with those parts predicted, ``predicted:PART,...`` the prediction with
-those parts random, and ``shrink:L`` is ``L * predicted + random init`` (shrink and perturb, Ash & Adams 2020:
-the remedy they found for warm starts that train worse than fresh ones). Every row is fine-tuned with AdamW on the same batches for the same steps, and its eval
-loss printed at evenly spaced steps. For reference, the eval loss of unigram and bigram byte models counted on
-the train split (add-k smoothing towards the unigram), and each predicted matrix's std and effective rank.
+those parts random, ``shrink:L`` is ``L * predicted + random init`` (shrink and perturb, Ash & Adams 2020:
+the remedy they found for warm starts that train worse than fresh ones), and ``clipped`` the prediction with
+its matrices' singular values capped at random init's largest. Every row is fine-tuned with AdamW on the same
+batches for the same steps, and its eval loss printed at evenly spaced steps. For reference, the eval loss of
+unigram and bigram byte models counted on the train split (add-k smoothing towards the unigram), and each
+predicted matrix's std, effective rank and largest singular value beside random init's.
 
     python recipes/bench/bench_finetune_parts.py --hypernet gpt2-pydoc --target l2-w768 --threads 1
     python recipes/bench/bench_finetune_parts.py --rows predicted --lr 1e-3 --threads 1
@@ -76,7 +78,8 @@ def assembled(
     source: str, parts: list[str], states: dict[str, dict[str, Tensor]], match_norms: bool = False
 ) -> dict[str, Tensor]:
     """``source``'s state dict with every tensor of ``parts`` taken from the other source, rescaled to the
-    norm of the tensor it replaces when ``match_norms`` (its direction without its size); for ``shrink``, ``parts`` holds the factor."""
+    norm of the tensor it replaces when ``match_norms`` (its direction without its size); for ``shrink``,
+    ``parts`` holds the factor."""
     if source == "shrink":
         shrink = float(parts[0])
         return {name: shrink * tensor + states["random"][name] for name, tensor in states["predicted"].items()}
