@@ -87,7 +87,7 @@ def add_continual_parser(commands: argparse._SubParsersAction, parents: list[arg
         choices=("mlp", "cnn"),
         default="mlp",
         help="the network every method trains (or the hypernetworks generate): the 784-100-100 MLP, or a "
-        "two-stage 5x5 CNN (hypernetize, finetune, ewc, si, separate; not hypernet-logah)",
+        "two-stage 5x5 CNN (every method but hypernet-logah and hyperinterval, which read MLPs only)",
     )
     p.add_argument("--seeds", type=seeds, default="0,1,2", metavar="S,T", help="seeds")
     p.add_argument("--steps", type=positive, default=500, help="optimizer steps per task")
@@ -157,12 +157,6 @@ def run_continual(args: argparse.Namespace) -> int:
     from hypernets.continual.experiment import Experiment
     from hypernets.continual.grid import markdown_table, rows, run_grid, total_steps
 
-    if args.target == "cnn" and "hypernet-logah" in args.method:
-        raise UsageError("--target cnn: hypernet-logah reads the MLP's op graph only; drop it or use --target mlp")
-    if args.target == "cnn" and any(m.startswith("hyperinterval") for m in args.method):
-        raise UsageError("--target cnn: hyperinterval bounds Linear and ReLU layers only; drop it or use --target mlp")
-    if "hyperinterval-universal" in args.method and "class" in args.setting:
-        raise UsageError("--setting class: hyperinterval-universal names a digit from its task, so task setting only")
     for benchmark in args.benchmark:
         if args.num_tasks > FULL_LENGTH[benchmark]:
             raise UsageError(f"--num-tasks {args.num_tasks}: {benchmark} has {FULL_LENGTH[benchmark]} tasks")
@@ -180,6 +174,11 @@ def run_continual(args: argparse.Namespace) -> int:
         num_tasks=args.num_tasks,
     )
     grid = rows(args.method, args.benchmark, args.setting)
+    for row in grid:  # every combination checked before anything runs; a field's option is --FIELD
+        try:
+            row.experiments(base, args.seeds[:1])
+        except ValueError as err:
+            raise UsageError(f"--method {row.method} with --{err}") from err
     command = canonical_command(args)
     total = total_steps(grid, base, args.seeds)
     with tqdm(total=total, desc="continual", unit="step", disable=not sys.stderr.isatty()) as bar:

@@ -71,8 +71,14 @@ class Experiment:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if self.universal and (self.method != "hyperinterval" or self.setting != "task"):
-            raise ValueError("universal: the universal embedding is hyperinterval's, in the task setting only")
+        if self.universal and self.method != "hyperinterval":
+            raise ValueError("universal: the universal embedding is hyperinterval's")
+        if self.universal and self.setting != "task":
+            raise ValueError(f"setting {self.setting}: the universal embedding names a digit from its task, task only")
+        if self.target == "cnn" and self.method == "hypernet" and self.hypernet == "logah":
+            raise ValueError("target cnn: the LoGAH hypernetwork reads the MLP's op graph only; use target mlp")
+        if self.target == "cnn" and self.method == "hyperinterval":
+            raise ValueError("target cnn: hyperinterval bounds Linear and ReLU layers only; use target mlp")
 
 
 def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
