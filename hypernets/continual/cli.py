@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from hypernets.command import HelpFormatter, UsageError, check_output, integer, number, positive, seed
-from hypernets.continual.names import FULL_LENGTH, GRID_METHODS, SETTINGS
+from hypernets.continual.names import FULL_LENGTH, GRID_METHODS, NEGATIVES, SETTINGS
 
 EXAMPLES = """\
 examples:
@@ -101,6 +101,17 @@ def add_continual_parser(commands: argparse._SubParsersAction, parents: list[arg
         help="first N tasks of each benchmark; 0: all (10 permuted and rotated, 5 split)",
     )
     p.add_argument("--beta", type=number(0), default=0.01, help="hypernet output regularizer")
+    p.add_argument(
+        "--negatives",
+        choices=NEGATIVES,
+        default="none",
+        help="hypernet and separate methods: outlier exposure, pushing each task's network toward uniform "
+        "predictions on negatives made from its own batch (patches: 7x7 patches shuffled; splice: top half "
+        "over another class's bottom half; mixup: two classes blended; rotate: quarter turns); none: off",
+    )
+    p.add_argument(
+        "--outlier-weight", type=number(0), default=1.0, help="weight of the outlier-exposure term (--negatives)"
+    )
     p.add_argument("--ewc-lambda", type=number(0), default=1e4, help="EWC penalty strength")
     p.add_argument("--si-c", type=number(0), default=100.0, help="SI penalty strength")
     p.add_argument(
@@ -143,6 +154,8 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--target",
         args.target,
     ]
+    if args.negatives != "none":
+        words += ["--negatives", args.negatives, "--outlier-weight", f"{args.outlier_weight:g}"]
     if args.num_tasks:
         words += ["--num-tasks", str(args.num_tasks)]
     return shlex.join(words + (["--out", args.out] if args.out else []))
@@ -172,6 +185,8 @@ def run_continual(args: argparse.Namespace) -> int:
         si_c=args.si_c,
         target=args.target,
         num_tasks=args.num_tasks,
+        negatives=args.negatives,
+        outlier_weight=args.outlier_weight,
     )
     grid = rows(args.method, args.benchmark, args.setting)
     for row in grid:  # every combination checked before anything runs; a field's option is --FIELD

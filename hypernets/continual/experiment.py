@@ -26,7 +26,8 @@ from hypernets.continual.hypernetized import HypernetizedTaskHypernet
 from hypernets.continual.interval import HyperIntervalLearner, IntervalHypernet
 from hypernets.continual.learners import HypernetLearner, Learner, SeparateLearner, SingleNetworkLearner
 from hypernets.continual.metrics import plot_accuracy_matrix, summarize
-from hypernets.continual.names import FULL_LENGTH, SETTINGS
+from hypernets.continual.names import FULL_LENGTH, NEGATIVES, SETTINGS
+from hypernets.continual.negatives import OutlierExposure
 from hypernets.continual.rnn import RNNHypernet
 from hypernets.continual.train import TrainConfig, train_continual
 
@@ -53,6 +54,8 @@ class Experiment:
     perturbation: float = 10.0  # hyperinterval: eps, each task's embedding interval has radius eps / embedding_dim
     universal: bool = False  # hyperinterval: predict with the universal embedding's one network (task setting)
     chained: bool = True  # hypernet rnn: carry the LSTM state from chunk to chunk (False: the ablation without)
+    negatives: str = "none"  # hypernet, separate: outlier exposure on these negatives of each batch (NEGATIVES)
+    outlier_weight: float = 1.0  # its weight beside the task's cross-entropy
     target_hidden: int = 100  # width of the target MLP's two hidden layers
     chunk_size: int = 4096
     lr: float = 1e-3
@@ -68,6 +71,7 @@ class Experiment:
             ("method", self.method, METHODS),
             ("hypernet", self.hypernet, HYPERNETS),
             ("target", self.target, TARGETS),
+            ("negatives", self.negatives, NEGATIVES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -77,6 +81,8 @@ class Experiment:
             raise ValueError(f"setting {self.setting}: the universal embedding names a digit from its task, task only")
         if self.target == "cnn" and self.method == "hypernet" and self.hypernet == "logah":
             raise ValueError("target cnn: the LoGAH hypernetwork reads the MLP's op graph only; use target mlp")
+        if self.negatives != "none" and self.method not in ("hypernet", "separate"):
+            raise ValueError(f"negatives {self.negatives}: outlier exposure is for hypernet and separate")
         if self.target == "cnn" and self.method == "hyperinterval":
             raise ValueError("target cnn: hyperinterval bounds Linear and ReLU layers only; use target mlp")
 
@@ -89,8 +95,11 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
     else:
         build = target_cnn
     classes = [task.classes for task in benchmark.tasks]
+    exposure = None
+    if experiment.negatives != "none":
+        exposure = OutlierExposure(experiment.negatives, experiment.outlier_weight)
     if experiment.method == "separate":
-        return SeparateLearner(build, classes, experiment.lr)
+        return SeparateLearner(build, classes, experiment.lr, exposure)
     if experiment.method == "hyperinterval":
         target = build(benchmark.num_classes)
         hypernet = IntervalHypernet(
@@ -136,7 +145,7 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
         )
     else:
         hypernet = LoGAHTaskHypernet(target, tasks, (1, PIXELS), **LOGAH_OPTIONS, **options)
-    return HypernetLearner(hypernet, target, classes, experiment.beta, experiment.lr, experiment.lookahead)
+    return HypernetLearner(hypernet, target, classes, experiment.beta, experiment.lr, experiment.lookahead, exposure)
 
 
 def _json_rows(matrix: Tensor) -> list[list[float | None]]:
@@ -192,19 +201,24 @@ def run_to(experiment: Experiment, out: Path, log: Callable[[dict], None] = lamb
 def describe(experiment: Experiment) -> str:
     """Short label for tables and plot titles: benchmark, setting, method."""
     method = experiment.method
+    exposure = ""
+    if experiment.negatives != "none":
+        exposure = f"outlier exposure on {experiment.negatives}, weight {experiment.outlier_weight:g}"
     if method == "hypernet":
         extras = [experiment.hypernet, f"beta={experiment.beta:g}"]
         extras += ["MIP"] if experiment.hypernet == "hypernetize" and experiment.mip else []
         extras += ["look-ahead"] if experiment.lookahead else []
         extras += ["entropy task inference"] if experiment.setting == "class" else []
+        extras += [exposure] if exposure else []
         method = f"hypernet ({', '.join(extras)})"
     elif method == "hyperinterval":
         extras = [f"eps={experiment.perturbation:g}", f"beta={experiment.beta:g}"]
         extras += ["universal embedding"] if experiment.universal else []
         extras += ["entropy task inference"] if experiment.setting == "class" else []
         method = f"HyperInterval ({', '.join(extras)})"
-    elif method == "separate" and experiment.setting == "class":
-        method = "separate (entropy task inference)"
+    elif method == "separate" and (experiment.setting == "class" or exposure):
+        extras = ["entropy task inference"] if experiment.setting == "class" else []
+        method = f"separate ({', '.join(extras + ([exposure] if exposure else []))})"
     target = ", CNN target" if experiment.target == "cnn" else ""
     return f"{experiment.benchmark}, {experiment.setting}-incremental: {method}{target}"
 
@@ -234,6 +248,7 @@ def parser(defaults: Experiment, description: str | None = None) -> argparse.Arg
     """Command-line flags for every :class:`Experiment` field but ``benchmark``, with ``defaults`` as defaults."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     choices = {"setting": SETTINGS, "method": METHODS, "hypernet": HYPERNETS, "target": TARGETS}
+    choices["negatives"] = NEGATIVES
     for field in fields(Experiment):
         if field.name == "benchmark":
             continue

@@ -15,6 +15,7 @@ predictive entropy (HNET+ENT); a single network has one head over all classes an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple, Protocol
 
 import torch
@@ -27,6 +28,7 @@ from hypernets.continual.consolidation import Consolidation
 from hypernets.continual.hypernet import TaskHypernet
 from hypernets.continual.hypernetized import HypernetizedTaskHypernet
 from hypernets.continual.inference import infer_task
+from hypernets.continual.negatives import OutlierExposure
 from hypernets.continual.regularizer import OutputRegularizer, adam_step
 
 
@@ -40,6 +42,19 @@ class Learner(Protocol):
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]: ...
     def end_task(self, task: int, data: Task) -> None: ...
     def predict(self, task: int | None, x: Tensor) -> Prediction: ...
+
+
+def task_loss(
+    logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, exposure: OutlierExposure | None
+) -> tuple[Tensor, dict[str, float]]:
+    """Cross-entropy of one task's network on its batch, plus the outlier-exposure term on negatives made
+    from the same batch where ``exposure`` asks for it (one forward pass over both)."""
+    if exposure is None:
+        loss = F.cross_entropy(logits(x), y)
+        return loss, {"loss": loss.item()}
+    outputs = logits(torch.cat([x, exposure.negatives(x, y)]))
+    loss, outlier = F.cross_entropy(outputs[: len(x)], y), exposure.loss(outputs[len(x) :])
+    return loss + outlier, {"loss": loss.item(), "outlier": outlier.item()}
 
 
 class PerTaskNetworks:
@@ -74,9 +89,11 @@ class HypernetLearner(PerTaskNetworks):
         beta: float,
         lr: float = 1e-3,
         lookahead: bool = False,
+        exposure: OutlierExposure | None = None,
     ) -> None:
         super().__init__(classes)
         self.hypernet, self.target, self.lr, self.lookahead = hypernet, target, lr, lookahead
+        self.exposure = exposure
         self.regularizer = OutputRegularizer(beta)
         self.optimizer: torch.optim.Adam | None = None
 
@@ -88,9 +105,8 @@ class HypernetLearner(PerTaskNetworks):
 
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
         self.hypernet.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.logits(task, x), y)
+        loss, stats = task_loss(partial(self.logits, task), x, y, self.exposure)
         loss.backward()
-        stats = {"loss": loss.item()}
         if len(self.regularizer.tasks):
             weights = None
             if self.lookahead:  # the earlier tasks' outputs where the task loss's step would take them
@@ -110,9 +126,15 @@ class HypernetLearner(PerTaskNetworks):
 class SeparateLearner(PerTaskNetworks):
     """A new ``build(classes per task)`` network and optimizer for every task."""
 
-    def __init__(self, build: Callable[[int], nn.Module], classes: Sequence[Sequence[int]], lr: float = 1e-3) -> None:
+    def __init__(
+        self,
+        build: Callable[[int], nn.Module],
+        classes: Sequence[Sequence[int]],
+        lr: float = 1e-3,
+        exposure: OutlierExposure | None = None,
+    ) -> None:
         super().__init__(classes)
-        self.build, self.lr = build, lr
+        self.build, self.lr, self.exposure = build, lr, exposure
         self.networks: list[nn.Module] = []
         self.optimizer: torch.optim.Adam | None = None
 
@@ -125,10 +147,10 @@ class SeparateLearner(PerTaskNetworks):
 
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.logits(task, x), y)
+        loss, stats = task_loss(partial(self.logits, task), x, y, self.exposure)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item()}
+        return stats
 
     def end_task(self, task: int, data: Task) -> None:
         self.learned = task + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 FULL_LENGTH = {"permuted": 10, "split": 5, "rotated": 10}  # tasks per benchmark
 SETTINGS = ("task", "class")  # task id given at test time, or not
+NEGATIVES = ("none", "patches", "splice", "mixup", "rotate")  # outlier exposure's self-generated negatives
 GRID_METHODS: dict[str, dict] = {  # method name -> Experiment settings
     "hypernet": dict(method="hypernet"),
     "hypernet-logah": dict(method="hypernet", hypernet="logah", mip=True, residual=True),
