@@ -7,6 +7,7 @@ network is a smaller dense network that really runs faster. The DependencyGraph 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from .conv1d import Magnitude, customized_pruners, is_conv1d, pruner_options
 from .copying import copy_model
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
-from .token_mixing import misread_linears
+from .token_mixing import misreadings
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
@@ -180,7 +181,7 @@ def prune(
     imp = importance(method)
     pruned = copy_model(model)
     with _without_cache(pruned):
-        ignored = _ignored(model, pruned, example_inputs, ignored_layers) + _resolve_layers(model, pruned, keep)
+        ignored, chunked = _layers(model, pruned, example_inputs, ignored_layers, keep)
         shapes = parameter_shapes(pruned)
         base_macs, base_params = count_macs_params(pruned, example_inputs)
         base_cost = _cost(pruned, example_inputs, counter, base_macs)
@@ -200,6 +201,7 @@ def prune(
                     example_inputs,
                     imp,
                     ignored,
+                    chunked,
                     global_pruning=global_pruning,
                     head_dims=head_dims,
                     steps=steps,
@@ -210,6 +212,7 @@ def prune(
             while not reached(cost, params) and pruner.current_step < steps:
                 with _naming_torch_pruning(f"pruning step {pruner.current_step + 1} of {steps}"):
                     pruner.step()
+                _refresh_split_offsets(pruner.DG)
                 if head_dims:  # heads lost channels: their size follows qkv's
                     for attn in attention_modules(pruned):
                         set_num_heads(attn, attn.num_heads)
@@ -226,6 +229,15 @@ def prune(
         raise ImpossibleTargetError("param_ratio", param_ratio, base_params / params)
     flops = (base_cost, cost) if counter == "flops" else (None, None)
     return PruneResult(pruned, method, base_macs, macs, base_params, params, pruner.current_step, *flops)
+
+
+def _refresh_split_offsets(graph: tp.DependencyGraph) -> None:
+    """Move the offsets of every split in ``graph`` to its pruned sizes. Torch-Pruning's ``SplitPruner`` updates a
+    split's sizes but stores the new offsets on itself, not on the split, so the next step's index mapping would
+    still cut chunks at the dense offsets (Torch-Pruning 1.6)."""
+    for node in graph.module2node.values():
+        if node.type == tp.ops.OPTYPE.SPLIT and node.module.split_sizes is not None:
+            node.module.offsets = [0, *itertools.accumulate(node.module.split_sizes)]
 
 
 def _cost(model: nn.Module, example_inputs: Tensor, counter: Counter, macs: int) -> int:
@@ -287,17 +299,19 @@ def sparse_regularizer(
     """
     was_training = model.training
     with torch.enable_grad(), _without_cache(model):
+        ignored, chunked = _layers(model, model, example_inputs, ignored_layers)
         pruner = tp.pruner.GroupNormPruner(
             model,
             example_inputs,
             importance("group_norm"),
             reg=reg,
-            ignored_layers=_ignored(model, model, example_inputs, ignored_layers),
+            ignored_layers=ignored,
             num_heads=_attention_heads(model),
             in_channel_groups={},
-            out_channel_groups={},
+            out_channel_groups=chunked,
             **pruner_options(),
         )
+        _map_chunks(pruner.DG, chunked)
     model.train(was_training)
 
     def hook(module: nn.Module) -> None:
@@ -347,17 +361,19 @@ def _pruner(
     example_inputs: Tensor,
     imp: tp.importance.Importance,
     ignored: list[nn.Module],
+    chunked: dict[nn.Module, int],
     *,
     global_pruning: bool,
     head_dims: bool,
     steps: int,
 ) -> tp.pruner.BasePruner:
     """A progressive channel pruner; attention heads are registered so that they are never cut apart: their
-    channels are left alone, or with ``head_dims`` the same channels go from every head.
+    channels are left alone, or with ``head_dims`` the same channels go from every head. Fused linears split into
+    ``chunked[linear]`` equal chunks lose the same channels from every chunk.
 
     The group dictionaries are passed fresh: BasePruner's defaults are shared mutable dicts that it writes to.
     """
-    return tp.pruner.BasePruner(
+    pruner = tp.pruner.BasePruner(
         model,
         example_inputs,
         imp,
@@ -369,9 +385,20 @@ def _pruner(
         prune_num_heads=False,
         prune_head_dims=head_dims,
         in_channel_groups={},
-        out_channel_groups={},
+        out_channel_groups=dict(chunked),
         **pruner_options(),
     )
+    _map_chunks(pruner.DG, chunked)
+    return pruner
+
+
+def _map_chunks(graph: tp.DependencyGraph, chunked: dict[nn.Module, int]) -> None:
+    """Map channels through the splits of fused linears. Torch-Pruning turns off the index mapping of every split
+    downstream of a 3-d parameter it does not know (a ViT's ``pos_embed``), for the concatenation of the class
+    token; a fused linear's split is on its features, so its mapping is turned back on."""
+    for node in graph.module2node.values():
+        if node.type == tp.ops.OPTYPE.SPLIT and any(source.module in chunked for source in node.inputs):
+            node.enable_index_mapping = True
 
 
 def _prune_heads(
@@ -454,11 +481,16 @@ def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     return {m.qkv: m.num_heads for m in attention_modules(model)} | mha
 
 
-def _ignored(original: nn.Module, target: nn.Module, example_inputs: Tensor, layers: Layers | None) -> list[nn.Module]:
-    """The ignored layers of ``target`` (see :func:`_resolve_layers`), plus, always, its linears the dependency graph
-    would couple wrongly: along tokens, or split on a feature axis other than 1 (see :mod:`metaprune.token_mixing`)."""
-    misread = misread_linears(original, example_inputs)
-    return _resolve_layers(original, target, layers) + _resolve_layers(original, target, misread)
+def _layers(
+    original: nn.Module, target: nn.Module, example_inputs: Tensor, layers: Layers | None, keep: Sequence[str] = ()
+) -> tuple[list[nn.Module], dict[nn.Module, int]]:
+    """The modules of ``target`` kept whole: ``layers`` (see :func:`_resolve_layers`), ``keep``, and, always, those
+    the dependency graph would read wrongly; and its fused linears, by their number of equal chunks (see
+    :mod:`metaprune.token_mixing`)."""
+    misread = misreadings(original, example_inputs)
+    ignored = [m for names in (layers, misread.kept, list(keep)) for m in _resolve_layers(original, target, names)]
+    fused = _resolve_layers(original, target, list(misread.chunked))
+    return ignored, dict(zip(fused, misread.chunked.values(), strict=True))
 
 
 def _resolve_layers(original: nn.Module, target: nn.Module, layers: Layers | None) -> list[nn.Module]:

@@ -3,9 +3,14 @@
 - Linears along tokens: MLP-Mixer's and ResMLP's token mixing and gMLP's spatial gating unit apply an
   ``nn.Linear`` to a transposed sequence. The dependency graph does not follow the transpose: it couples the
   token axis with the channels, so pruning them would cut tokens as if they were channels.
-- Fused linears split along their features on an axis other than 1: Phi-3's ``gate_up_proj`` and timm's
-  ``GluMlp`` chunk one linear's output into gate and value on the last axis of ``[batch, tokens, features]``.
-  The dependency graph maps split channels only on axis 1 (convolutions' layout), so it indexes past the halves.
+- Fused linears split along their features: Phi-3's ``gate_up_proj`` and timm's ``GluMlp`` chunk one linear's
+  output into gate and value on the last axis of ``[batch, tokens, features]``. The dependency graph maps each
+  half's channels, but ranks the fused layer's channels as if each stood alone, and indexes past the halves. Split
+  into equal chunks, the layer is registered as that many channel groups (the same channels go from every chunk);
+  split unequally, it is kept whole.
+- Linears read outside their own forward: EVA's attention passes ``qkv.weight`` to ``F.linear`` with a bias it
+  assembles. The dependency graph learns a layer's channels from its forward, so it cuts the features such a
+  linear reads without cutting its weight; the module that produced those features is kept whole instead.
 
 This module runs the example input once and follows which axis of every tensor holds the features, so that those
 layers can be kept whole.
@@ -13,11 +18,13 @@ layers can be kept whole.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 _SWAPS = {"transpose", "swapaxes", "swapdims"}
 _FEATURES_FIRST = {"conv1d", "conv2d", "conv3d", "batch_norm", "group_norm", "instance_norm"}
@@ -35,16 +42,23 @@ class _FeatureAxes(TorchFunctionMode):
         self.alive: list[Tensor] = []  # keeps every tracked tensor alive, so that ids are not reused
         self.along_tokens: set[str] = set()
         self.outputs: dict[int, str] = {}  # id of a Linear's output -> the Linear's name
-        self.split: set[str] = set()  # Linears whose output is split on its feature axis, not axis 1
+        self.chunks: dict[str, int | None] = {}  # Linears split on their feature axis: equal chunks, or None
+        self.running: set[int] = set()  # ids of the weights of the Linears whose forward is running
+        self.producers: dict[int, str] = {}  # id of a module's output -> the innermost module that returned it
+        self.read_outside: set[str] = set()  # modules producing the input of a Linear read outside its forward
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         if name in _SPLITS and args and id(args[0]) in self.outputs:
-            self._check_split(args, kwargs)
-        if name == "linear" and len(args) > 1 and id(args[1]) in self.weights and isinstance(out, Tensor):
-            self.outputs[id(out)] = self.weights[id(args[1])]
+            self._check_split(args, kwargs, out)
+        if name == "linear":
+            args = tuple(_dims(args, kwargs, ("input", "weight", "bias")))  # F.linear may take them by keyword
+            if id(args[1]) in self.weights and isinstance(out, Tensor):
+                self.outputs[id(out)] = self.weights[id(args[1])]
+                if id(args[1]) not in self.running and id(args[0]) in self.producers:
+                    self.read_outside.add(self.producers[id(args[0])])
         if isinstance(out, Tensor):
             axis = self._output_axis(name, args, kwargs, out)
             if axis is not None and 0 <= axis < out.dim():
@@ -52,11 +66,12 @@ class _FeatureAxes(TorchFunctionMode):
                 self.alive.append(out)
         return out
 
-    def _check_split(self, args: tuple, kwargs: dict) -> None:
-        source = args[0]
+    def _check_split(self, args: tuple, kwargs: dict, parts: tuple[Tensor, ...]) -> None:
+        source, linear = args[0], self.outputs[id(args[0])]
         dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % source.dim()
-        if dim == self._axis(source) and dim != 1:
-            self.split.add(self.outputs[id(source)])
+        if dim == self._axis(source):
+            equal = len({part.shape[dim] for part in parts}) == 1 and self.chunks.get(linear, len(parts)) == len(parts)
+            self.chunks[linear] = len(parts) if equal else None
 
     def _axis(self, tensor: Any) -> int | None:
         return self.axes.get(id(tensor)) if isinstance(tensor, Tensor) else None
@@ -93,29 +108,38 @@ def _dims(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple[int
     return [args[i] if i < len(args) else kwargs.get(name, defaults[i]) for i, name in enumerate(names)]
 
 
-def token_mixing_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
-    """The names of the ``nn.Linear`` layers of ``model`` that read their input along a non-feature axis (a
-    transposed sequence), found by running ``example_inputs`` once without gradients."""
+@dataclass(frozen=True)
+class Misreadings:
+    """What the dependency graph would read wrongly in one model, by module name, in the model's order."""
+
+    along_tokens: list[str]  # linears applied along tokens: kept whole
+    chunked: dict[str, int]  # linears split into equal chunks along their features: the number of chunks
+    split_unequally: list[str]  # linears split into unequal parts along their features: kept whole
+    read_outside: list[str]  # producers of the input of a linear read outside its own forward: kept whole
+
+    @property
+    def kept(self) -> list[str]:
+        """The modules pruning keeps whole."""
+        return self.along_tokens + self.split_unequally + self.read_outside
+
+
+def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
+    """Every kind of misreading in ``model``, found by running ``example_inputs`` once without gradients."""
     mode = _trace(model, example_inputs)
-    return _named(mode, mode.along_tokens)
-
-
-def split_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
-    """The names of the ``nn.Linear`` layers of ``model`` whose output is split (``chunk``, ``split``) along its
-    features on an axis other than 1, found by running ``example_inputs`` once without gradients."""
-    mode = _trace(model, example_inputs)
-    return _named(mode, mode.split)
-
-
-def misread_linears(model: nn.Module, example_inputs: Tensor) -> list[str]:
-    """Both kinds from one forward pass: the linears pruning keeps whole."""
-    mode = _trace(model, example_inputs)
-    return _named(mode, mode.along_tokens | mode.split)
+    equal = {name: parts for name, parts in mode.chunks.items() if parts is not None}
+    return Misreadings(
+        along_tokens=_named(model, mode.along_tokens),
+        chunked={name: equal[name] for name in _named(model, set(equal))},
+        split_unequally=_named(model, set(mode.chunks) - set(equal)),
+        read_outside=_named(model, mode.read_outside),
+    )
 
 
 def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
     """One forward pass of ``example_inputs`` in eval mode without gradients, the feature axes followed."""
     mode = _FeatureAxes({id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+    hooks = [_record_output(mode, name, module) for name, module in model.named_modules() if name]
+    hooks += [hook for m in model.modules() if isinstance(m, nn.Linear) for hook in _record_running(mode, m)]
     was_training = model.training
     model.eval()
     try:
@@ -123,9 +147,31 @@ def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
             model(example_inputs)
     finally:
         model.train(was_training)
+        for hook in hooks:
+            hook.remove()
     return mode
 
 
-def _named(mode: _FeatureAxes, found: set[str]) -> list[str]:
-    """The linears in ``found``, in the model's order."""
-    return [name for name in mode.weights.values() if name in found]
+def _record_output(mode: _FeatureAxes, name: str, module: nn.Module) -> RemovableHandle:
+    """Note ``module`` as the producer of its output, unless a module inside it returned the same tensor first."""
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, Tensor) and id(output) not in mode.producers:
+            mode.producers[id(output)] = name
+            mode.alive.append(output)
+
+    return module.register_forward_hook(hook)
+
+
+def _record_running(mode: _FeatureAxes, linear: nn.Linear) -> list[RemovableHandle]:
+    """Keep ``mode.running`` to the Linears whose forward is on the stack, so that a read of a weight outside its
+    Linear's forward is told apart."""
+    return [
+        linear.register_forward_pre_hook(lambda module, args: mode.running.add(id(module.weight))),
+        linear.register_forward_hook(lambda module, args, output: mode.running.discard(id(module.weight))),
+    ]
+
+
+def _named(model: nn.Module, found: set[str]) -> list[str]:
+    """The modules in ``found``, in the model's order."""
+    return [name for name, _ in model.named_modules() if name in found]

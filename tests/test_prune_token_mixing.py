@@ -1,5 +1,6 @@
-"""Linears along tokens (MLP-Mixer, ResMLP, gMLP) are kept whole by pruning: Torch-Pruning's dependency graph
-does not follow the transpose before them and would cut tokens as if they were channels."""
+"""Layers Torch-Pruning's dependency graph reads wrongly: linears along tokens (MLP-Mixer, ResMLP, gMLP) and linears
+read outside their forward (EVA) are kept whole; fused linears split into equal chunks (Phi-3, timm's GluMlp) lose
+the same channels from every chunk."""
 
 import copy
 
@@ -9,9 +10,15 @@ from timm.models.mlp_mixer import MlpMixer
 from torch import nn
 
 from metaprune.prune import prune
-from metaprune.token_mixing import token_mixing_linears
+from metaprune.token_mixing import Misreadings, misreadings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+_NOTHING_MISREAD = Misreadings(along_tokens=[], chunked={}, split_unequally=[], read_outside=[])
+
+
+def _blind(monkeypatch) -> None:
+    """Let pruning see the model as Torch-Pruning alone does."""
+    monkeypatch.setattr("metaprune.prune.misreadings", lambda model, example_inputs: _NOTHING_MISREAD)
 
 
 def _mixer() -> nn.Module:
@@ -35,8 +42,8 @@ class _Transposed(nn.Module):
 
 
 def test_only_linears_reading_a_transposed_sequence_are_found() -> None:
-    assert token_mixing_linears(_Transposed(), torch.randn(2, 1, 3, 3)) == ["tokens"]
-    assert token_mixing_linears(_mixer(), torch.randn(2, 1, 32, 32)) == [
+    assert misreadings(_Transposed(), torch.randn(2, 1, 3, 3)).along_tokens == ["tokens"]
+    assert misreadings(_mixer(), torch.randn(2, 1, 32, 32)).along_tokens == [
         f"blocks.{block}.mlp_tokens.{fc}" for block in range(2) for fc in ("fc1", "fc2")
     ]
 
@@ -66,7 +73,7 @@ def test_a_mixer_prunes_its_channel_mlps_and_equals_the_dense_model_with_those_c
 
 
 def test_a_torch_pruning_failure_stays_an_internal_error_that_says_where_it_happened(monkeypatch) -> None:
-    monkeypatch.setattr("metaprune.prune.misread_linears", lambda model, example_inputs: [])
+    _blind(monkeypatch)
     with pytest.raises(IndexError) as failure:  # the graph couples the mixer's tokens with its channels
         prune(_mixer(), torch.randn(2, 1, 32, 32), speedup=1.5)
     assert "Torch-Pruning failed while pruning step 1 of 100" in "".join(failure.value.__notes__)
@@ -74,34 +81,82 @@ def test_a_torch_pruning_failure_stays_an_internal_error_that_says_where_it_happ
 
 class _FusedGLU(nn.Module):
     """A gated MLP whose gate and value come from one linear chunked on the last axis (Phi-3's ``gate_up_proj``),
-    beside one chunked on axis 1 of a ``[batch, features]`` input, which the dependency graph maps."""
+    after a learned 3-d position table (a ViT's ``pos_embed``, which makes Torch-Pruning turn off split mappings)."""
 
-    def __init__(self, sequence: bool) -> None:
+    def __init__(self, sizes: tuple[int, int] = (16, 16)) -> None:
         super().__init__()
-        self.sequence = sequence
+        self.sizes = sizes
         self.embed = nn.Linear(4, 8)
-        self.gate_up = nn.Linear(8, 32)
-        self.down = nn.Linear(16, 8)
+        self.pos = nn.Parameter(torch.randn(1, 5, 8))
+        self.gate_up = nn.Linear(8, sum(sizes))
+        self.down = nn.Linear(sizes[1], 8)
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
-        h = self.embed(x if self.sequence else x.flatten(0, 1))
-        gate, up = self.gate_up(h).chunk(2, dim=-1)
-        return self.head(h + self.down(torch.nn.functional.silu(gate) * up))
+        h = self.embed(x) + self.pos
+        fused = self.gate_up(h)
+        gate, up = fused.chunk(2, dim=-1) if self.sizes[0] == self.sizes[1] else fused.split(self.sizes, dim=-1)
+        return self.head(h + self.down(torch.nn.functional.silu(gate[..., : self.sizes[1]]) * up))
 
 
-def test_fused_linears_split_on_the_last_axis_are_kept_whole(monkeypatch) -> None:
-    from metaprune.prune import ImpossibleTargetError
-    from metaprune.token_mixing import split_linears
-
+def test_fused_linears_lose_the_same_channels_from_every_chunk() -> None:
     torch.manual_seed(0)
     x = torch.randn(1, 5, 4)
-    assert split_linears(_FusedGLU(sequence=True), x) == ["gate_up"]
-    assert split_linears(_FusedGLU(sequence=False), x) == []  # chunked on axis 1: Torch-Pruning's layout
-    model = _FusedGLU(sequence=True)
-    only_the_mlp = dict(ignored_layers=["head", "embed"])
+    dense = _FusedGLU()
+    assert misreadings(dense, x).chunked == {"gate_up": 2}
+    pruned = prune(dense, x, speedup=1.6, ignored_layers=["head", "embed"]).model  # several steps of the schedule
+    hidden = pruned.down.in_features
+    assert pruned.gate_up.out_features == 2 * hidden < 32
+    kept = [i for i in range(32) if (dense.gate_up.weight[i] == pruned.gate_up.weight).all(1).any()]
+    assert kept[hidden:] == [i + 16 for i in kept[:hidden]]  # the same channels from gate and from value
+    zeroed = copy.deepcopy(dense)
+    removed = sorted(set(range(16)) - set(kept[:hidden]))
+    with torch.no_grad():  # silu(0) = 0: a removed channel's gate at zero removes its contribution
+        zeroed.gate_up.weight[removed] = 0
+        zeroed.gate_up.bias[removed] = 0
+    torch.testing.assert_close(pruned(x), zeroed(x))
+
+
+def test_fused_linears_split_unequally_are_kept_whole() -> None:
+    from metaprune.prune import ImpossibleTargetError
+
+    x = torch.randn(1, 5, 4)
+    model = _FusedGLU(sizes=(24, 8))
+    assert misreadings(model, x).split_unequally == ["gate_up"]
     with pytest.raises(ImpossibleTargetError):  # the fused MLP kept whole leaves nothing to prune: a usage error
-        prune(model, x, speedup=1.1, **only_the_mlp)
-    monkeypatch.setattr("metaprune.prune.misread_linears", lambda model, example_inputs: [])
-    with pytest.raises(IndexError):  # what Torch-Pruning does with it
-        prune(model, x, speedup=1.1, **only_the_mlp)
+        prune(model, x, speedup=1.1, ignored_layers=["head", "embed"])
+
+
+class _ReadOutside(nn.Module):
+    """EVA's attention: ``qkv.weight`` read by ``F.linear`` with a bias assembled from parts, on a residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.norm = nn.LayerNorm(8)
+        self.qkv = nn.Linear(8, 24, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+        self.proj = nn.Linear(8, 8)
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        q, k, v = nn.functional.linear(self.norm(h), weight=self.qkv.weight, bias=bias).chunk(3, dim=-1)
+        h = h + self.proj(nn.functional.scaled_dot_product_attention(q, k, v))
+        return self.head(h + self.fc2(self.fc1(h).relu()))
+
+
+def test_a_linear_read_outside_its_forward_keeps_its_input_whole(monkeypatch) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 4)
+    model = _ReadOutside()
+    assert misreadings(model, x).read_outside == ["norm"]
+    pruned = prune(model, x, speedup=1.3, ignored_layers=["head"]).model
+    assert pruned.qkv.in_features == pruned.embed.out_features == 8  # the residual stays whole
+    assert pruned.fc1.out_features < 32
+    assert pruned(x).shape == (1, 5, 3)
+    _blind(monkeypatch)
+    with pytest.raises(IndexError):  # what Torch-Pruning does with it: cut the residual under qkv
+        prune(model, x, speedup=1.3, ignored_layers=["head"])
