@@ -3,7 +3,8 @@ they are compared against.
 
 A hypernetwork maps a learned embedding per task to every parameter of a target network; an output
 regularizer keeps its outputs for earlier tasks fixed while it learns new ones, and with the task
-unknown the most confident task's network answers (entropy task inference). Benchmarks
+unknown the most confident task's network answers (entropy task inference, sharpened by outlier
+exposure on negatives made from each task's own batch). Benchmarks
 (Permuted-, Split-, Rotated-MNIST; task- and class-incremental), baselines (fine-tuning, EWC, SI, a
 network per task) and accuracy-matrix metrics come with it. See ``docs/continual.md``.
 """
@@ -39,6 +40,7 @@ _HOMES = {
     "Prediction": "learners",
     "SeparateLearner": "learners",
     "SingleNetworkLearner": "learners",
+    "OutlierExposure": "negatives",
     "average_accuracy": "metrics",
     "backward_transfer": "metrics",
     "forgetting": "metrics",
