@@ -9,7 +9,8 @@
 Labels are local to a task (``range(classes per task)``); ``predict`` answers with global classes (digits).
 Task-incremental: the task id selects a generated network, a network or an output block.
 Class-incremental (``predict(None, x)``): learners with a network per task infer the task by lowest
-predictive entropy (HNET+ENT); a single network has one head over all classes and ignores the task.
+predictive entropy (HNET+ENT), and with an ``exposure`` (:class:`OutlierExposure`) are trained to be unsure
+off their own task; a single network has one head over all classes and ignores the task.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ use shifted copies of in-distribution data as negatives:
 
 - ``patches``: the 28x28 image cut into a 4x4 grid of 7x7 patches, shuffled per image;
 - ``splice``: the top half of one image over the bottom half of an image of another class;
-- ``mixup``: an even blend of two images of different classes (Mixture Outlier Exposure, Zhang et al. 2023);
+- ``mixup``: an even blend of two images of different classes (mixup images taken as outliers);
 - ``rotate``: a quarter or three-quarter turn.
 
 Images are flat ``[n, 784]``; every function draws from torch's global generator (seeded per run).
