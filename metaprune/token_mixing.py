@@ -9,8 +9,11 @@
   into equal chunks, the layer is registered as that many channel groups (the same channels go from every chunk);
   split unequally, it is kept whole.
 - Linears read outside their own forward: EVA's attention passes ``qkv.weight`` to ``F.linear`` with a bias it
-  assembles. The dependency graph learns a layer's channels from its forward, so it cuts the features such a
-  linear reads without cutting its weight; the module that produced those features is kept whole instead.
+  assembles, torchvision's Swin its whole attention to a function. The dependency graph learns a layer's channels
+  from its forward, so it cuts the features such a linear reads without cutting its weight. Those features stay
+  whole: the module that produced them is kept, and so is every layer that writes into the same feature space
+  (the residual stream's writers, followed through additions and norms), so that the dependency graph never
+  starts a group there (through Swin's window reshapes it enumerates indices until memory runs out).
 
 This module runs the example input once and follows which axis of every tensor holds the features, so that those
 layers can be kept whole.
@@ -18,6 +21,7 @@ layers can be kept whole.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +33,18 @@ from torch.utils.hooks import RemovableHandle
 _SWAPS = {"transpose", "swapaxes", "swapdims"}
 _FEATURES_FIRST = {"conv1d", "conv2d", "conv3d", "batch_norm", "group_norm", "instance_norm"}
 _SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}
+_RESHAPES = {"view", "reshape", "pad", "__getitem__"}
 
 
 class _FeatureAxes(TorchFunctionMode):
     """Tracks the feature axis of every tensor of one forward pass (where it is known) and records the linear
     layers whose input has its features on an axis other than the last."""
 
-    def __init__(self, weights: dict[int, str]) -> None:
+    def __init__(self, weights: dict[int, str], writers: dict[int, str]) -> None:
         super().__init__()
         self.weights = weights  # id of a Linear's weight -> the Linear's name
+        self.writers = writers  # id of a Linear's or convolution's weight -> its name
+        self.spaces = _FeatureSpaces()
         self.axes: dict[int, int] = {}  # id of a tensor -> its feature axis, from the front
         self.alive: list[Tensor] = []  # keeps every tracked tensor alive, so that ids are not reused
         self.along_tokens: set[str] = set()
@@ -57,14 +64,27 @@ class _FeatureAxes(TorchFunctionMode):
             args = tuple(_dims(args, kwargs, ("input", "weight", "bias")))  # F.linear may take them by keyword
             if id(args[1]) in self.weights and isinstance(out, Tensor):
                 self.outputs[id(out)] = self.weights[id(args[1])]
-                if id(args[1]) not in self.running and id(args[0]) in self.producers:
-                    self.read_outside.add(self.producers[id(args[0])])
+                if id(args[1]) not in self.running:
+                    self.spaces.keep(args[0])
+                    if id(args[0]) in self.producers:
+                        self.read_outside.add(self.producers[id(args[0])])
         if isinstance(out, Tensor):
             axis = self._output_axis(name, args, kwargs, out)
             if axis is not None and 0 <= axis < out.dim():
                 self.axes[id(out)] = axis
                 self.alive.append(out)
+                self._follow_space(name, args, out)
         return out
+
+    def _follow_space(self, name: str, args: tuple, out: Tensor) -> None:
+        """The feature space of ``out``: a layer's own when a Linear or convolution wrote it, else that of the inputs
+        it came from (all one space, when an elementwise op joins them: a residual addition)."""
+        weight = args[1] if len(args) > 1 else None
+        if (name == "linear" or name in _FEATURES_FIRST) and id(weight) in self.writers:
+            self.spaces.write(out, self.writers[id(weight)])
+            return
+        same = [a for a in args if self._axis(a) is not None and (a.shape == out.shape or a is args[0])]
+        self.spaces.join(out, same)
 
     def _check_split(self, args: tuple, kwargs: dict, parts: tuple[Tensor, ...]) -> None:
         source, linear = args[0], self.outputs[id(args[0])]
@@ -99,6 +119,8 @@ class _FeatureAxes(TorchFunctionMode):
         if name == "flatten":
             start, end = (d % source.dim() for d in _dims(args[1:], kwargs, ("start_dim", "end_dim"), (0, -1)))
             return axis if axis < start else axis - (end - start) if axis > end else None
+        if name in _RESHAPES and axis == source.dim() - 1 and out.shape[-1:] == source.shape[-1:]:
+            return out.dim() - 1  # tokens regrouped (Swin's windows, a patch merge's strided slices), features last
         return axis if out.shape == source.shape else None  # elementwise; any other op loses the axis
 
 
@@ -106,6 +128,43 @@ def _dims(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple[int
     """The dimension arguments ``names`` of a call, given by position, keyword or default."""
     defaults = defaults or (None,) * len(names)
     return [args[i] if i < len(args) else kwargs.get(name, defaults[i]) for i, name in enumerate(names)]
+
+
+class _FeatureSpaces:
+    """Which tensors of a forward pass share one space of features (a union-find over spaces), which spaces must
+    stay whole, and which layers write into each space."""
+
+    def __init__(self) -> None:
+        self.of: dict[int, Hashable] = {}  # id of a tensor -> its space
+        self.parent: dict[Hashable, Hashable] = {}
+        self.written: dict[str, Hashable] = {}  # a layer's name -> the space its outputs start
+        self.kept: list[Hashable] = []
+
+    def write(self, out: Tensor, layer: str) -> None:
+        self.of[id(out)] = self.written.setdefault(layer, ("written by", layer))
+
+    def join(self, out: Tensor, sources: list[Tensor]) -> None:
+        spaces = [self.of[id(t)] for t in sources if id(t) in self.of]
+        if spaces:
+            self.of[id(out)] = spaces[0]
+            root = self._root(spaces[0])
+            for space in spaces[1:]:
+                if self._root(space) != root:
+                    self.parent[self._root(space)] = root
+
+    def keep(self, tensor: Tensor) -> None:
+        if id(tensor) in self.of:
+            self.kept.append(self.of[id(tensor)])
+
+    def writers_of_kept(self) -> set[str]:
+        """The layers whose outputs join a space that must stay whole."""
+        kept = {self._root(space) for space in self.kept}
+        return {layer for layer, space in self.written.items() if self._root(space) in kept}
+
+    def _root(self, space: Hashable) -> Hashable:
+        while space in self.parent:
+            space = self.parent[space]
+        return space
 
 
 @dataclass(frozen=True)
@@ -131,13 +190,17 @@ def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
         along_tokens=_named(model, mode.along_tokens),
         chunked={name: equal[name] for name in _named(model, set(equal))},
         split_unequally=_named(model, set(mode.chunks) - set(equal)),
-        read_outside=_named(model, mode.read_outside),
+        read_outside=_named(model, mode.read_outside | mode.spaces.writers_of_kept()),
     )
 
 
 def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
     """One forward pass of ``example_inputs`` in eval mode without gradients, the feature axes followed."""
-    mode = _FeatureAxes({id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)}
+    mode = _FeatureAxes(
+        {id(m.weight): name for name, m in layers.items() if isinstance(m, nn.Linear)},
+        {id(m.weight): name for name, m in layers.items()},
+    )
     hooks = [_record_output(mode, name, module) for name, module in model.named_modules() if name]
     hooks += [hook for m in model.modules() if isinstance(m, nn.Linear) for hook in _record_running(mode, m)]
     was_training = model.training

@@ -150,6 +150,16 @@ TIMM_MODELS = {  # families whose pruning crashed, ran out of memory or corrupte
         depths=(1, 1, 1, 1), embed_dims=(16, 16, 32, 32), num_heads=(1, 1, 2, 2), num_classes=10
     ),
     "poolformer": lambda: MetaFormer(**METAFORMER, downsample_norm=None, layer_scale_init_values=1e-5),
+    "eva02": lambda: timm.create_model(
+        "eva02_tiny_patch14_224",
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        ref_feat_shape=(4, 4),
+    ),
 }
 
 
@@ -177,3 +187,17 @@ def test_torchvision_vit_keeps_its_heads_whole_and_its_image_size() -> None:
     assert result.model.encoder.layers[0].mlp[0].out_features < 64
     assert attention.embed_dim == 32 and result.model.image_size == 32
     assert result.model(x).shape == (1, 10)
+
+
+def test_torchvision_swin_keeps_the_streams_its_functional_attention_reads() -> None:
+    """Its attention is a function of ``qkv.weight`` and ``proj.weight``: the residual streams stay whole (the
+    dependency graph used to enumerate indices through the window reshapes until memory ran out), the MLPs shrink."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer([4, 4], 16, [1, 1], [1, 2], [4, 4], num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    pruned = prune(model, x, speedup=1.2).model
+    assert [pruned.features[0][0].out_channels, pruned.features[2].reduction.out_features] == [16, 32]
+    assert pruned.features[1][0].mlp[0].out_features < 64
+    assert pruned(x).shape == (1, 10)
