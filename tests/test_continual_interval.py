@@ -17,12 +17,15 @@ from hypernets.continual.hypernet import ChunkedHypernet, target_mlp
 from hypernets.continual.interval import (
     HyperIntervalLearner,
     IntervalHypernet,
+    WeightBounds,
+    head_masks,
     intersection,
     interval_linear,
     sequential_bounds,
     target_bounds,
     worst_case_logits,
 )
+from hypernets.continual.names import GRID_METHODS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -180,6 +183,54 @@ def test_the_grid_methods_build_the_reference_variants() -> None:
     free = build_learner(Experiment(method="hyperinterval", steps=2), benchmark)
     nested = build_learner(Experiment(method="hyperinterval", universal=True, steps=2), benchmark)
     assert not free.hypernet.nesting and nested.hypernet.nesting
+    assert not nested.multihead and nested.target[-1].out_features == 2  # the reference's one shared 2-way head
+    universal, shared = (
+        build_learner(Experiment(**GRID_METHODS[name], steps=2), benchmark)
+        for name in ("hyperinterval-universal", "hyperinterval-universal-shared")
+    )
+    assert universal.universal and universal.multihead and universal.target[-1].out_features == 2 * 2
+    assert universal.hypernet.perturbation == 0.1 and shared.hypernet.perturbation == 10.0
+    assert shared.universal and not shared.multihead
+    with pytest.raises(ValueError, match="multihead"):
+        Experiment(method="ewc", multihead=True)
+
+
+def test_head_masks_free_other_tasks_heads_worked_by_hand() -> None:
+    """A 3-2-4 target for two tasks of two classes: 6 + 2 trunk weights (always read), then the 4 x 2 head
+    weights and 4 head biases, whose first two rows are task 0's block and last two task 1's."""
+    target = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 4))
+    hypernet = IntervalHypernet(target, num_tasks=2, embedding_dim=2, chunk_size=5)
+    masks = head_masks(hypernet, target, 2)
+    trunk, rows = torch.ones(8), torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    for task in range(2):
+        head = rows[task]
+        expected = torch.cat([trunk, head.repeat_interleave(2), head])  # weight rows of 2 inputs, then biases
+        assert torch.equal(masks[task], expected)
+
+
+def test_a_head_per_task_reads_its_block_and_frees_the_others_in_the_regularizer() -> None:
+    torch.manual_seed(6)
+    target = target_mlp(4, hidden=(8,), inputs=12)  # two tasks, a 2-way block each
+    hypernet = IntervalHypernet(target, num_tasks=2, embedding_dim=4, chunk_size=64)
+    learner = HyperIntervalLearner(hypernet, target, [(0, 1), (2, 3)], 4, beta=1.0, universal=True, multihead=True)
+    x, y = torch.rand(8, 12), torch.randint(2, (8,))
+    learner.begin_task(0)
+    learner.train_step(0, x, y)
+    learner.end_task(0, None)
+    outputs = functional_call(target, hypernet.universal(1), (x,))
+    assert torch.equal(learner.logits(0, x), outputs[:, :2]) and torch.equal(learner.logits(1, x), outputs[:, 2:])
+    assert learner.predict(1, x).classes.tolist() == [2 + int(k) for k in outputs[:, 2:].argmax(-1)]
+    learner.begin_task(1)
+    assert learner.regularizer(learner.bounds).item() == 0.0
+    before = WeightBounds(hypernet)(torch.tensor([0])).detach()  # unmasked: every weight of task 0's box
+    with torch.no_grad():
+        hypernet.body[-1].bias.add_(0.5)
+    after = WeightBounds(hypernet)(torch.tensor([0]))
+    used = learner.bounds.used[0]
+    assert used.sum() < used.numel()  # task 1's head rows are out
+    expected = ((after - before) ** 2 * used).sum(-1).mean()  # beta = 1, the mean over lower, middle and upper
+    assert torch.allclose(learner.regularizer(learner.bounds), expected)
+    assert learner.regularizer(learner.bounds) < ((after - before) ** 2).sum()
 
 
 def test_schedule_ramps_the_perturbation_over_half_a_task_then_switches_kappa() -> None:
@@ -194,15 +245,17 @@ def test_schedule_ramps_the_perturbation_over_half_a_task_then_switches_kappa() 
 
 def test_a_tiny_grid_with_both_hyperinterval_rows(tmp_path, capsys) -> None:
     out = tmp_path / "grid"
-    argv = ["continual", "--method", "hyperinterval,hyperinterval-universal", "--benchmark", "split"]
+    argv = ["continual", "--method", "hyperinterval,hyperinterval-universal,hyperinterval-universal-shared"]
+    argv += ["--benchmark", "split"]
     argv += ["--setting", "task", "--seeds", "0", "--steps", "3", "--num-tasks", "2", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| split | task | hyperinterval | 3 | 1 |" in printed
     assert "| split | task | hyperinterval-universal | 3 | 1 |" in printed
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["hyperinterval", "hyperinterval-universal"]
-    assert "universal embedding" in rows[1]["label"]
+    assert [r["method"] for r in rows] == ["hyperinterval", "hyperinterval-universal", "hyperinterval-universal-shared"]
+    assert "universal embedding, a head per task" in rows[1]["label"]
+    assert "universal embedding" in rows[2]["label"] and "head" not in rows[2]["label"]
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ class Experiment:
     si_c: float = 100.0  # SI: penalty strength
     perturbation: float = 10.0  # hyperinterval: eps, each task's embedding interval has radius eps / embedding_dim
     universal: bool = False  # hyperinterval: predict with the universal embedding's one network (task setting)
+    multihead: bool = False  # hyperinterval: a 2-way output block per task, picked by the task id (else one shared)
     chained: bool = True  # hypernet rnn: carry the LSTM state from chunk to chunk (False: the ablation without)
     negatives: str = "none"  # hypernet, separate: outlier exposure on these negatives of each batch (NEGATIVES)
     outlier_weight: float = 1.0  # its weight beside the task's cross-entropy
@@ -77,6 +78,8 @@ class Experiment:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         if self.universal and self.method != "hyperinterval":
             raise ValueError("universal: the universal embedding is hyperinterval's")
+        if self.multihead and self.method != "hyperinterval":
+            raise ValueError("multihead: a head per task is hyperinterval's switch (the others choose their own)")
         if self.universal and self.setting != "task":
             raise ValueError(f"setting {self.setting}: the universal embedding names a digit from its task, task only")
         if self.target == "cnn" and self.method == "hypernet" and self.hypernet == "logah":
@@ -101,7 +104,7 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
     if experiment.method == "separate":
         return SeparateLearner(build, classes, experiment.lr, exposure)
     if experiment.method == "hyperinterval":
-        target = build(benchmark.num_classes)
+        target = build(benchmark.num_classes * (len(benchmark) if experiment.multihead else 1))
         hypernet = IntervalHypernet(
             target,
             len(benchmark),
@@ -118,6 +121,7 @@ def build_learner(experiment: Experiment, benchmark: Benchmark) -> Learner:
             experiment.beta,
             lr=experiment.lr,
             universal=experiment.universal,
+            multihead=experiment.multihead,
         )
     if experiment.method != "hypernet":
         consolidation = None
@@ -214,6 +218,7 @@ def describe(experiment: Experiment) -> str:
     elif method == "hyperinterval":
         extras = [f"eps={experiment.perturbation:g}", f"beta={experiment.beta:g}"]
         extras += ["universal embedding"] if experiment.universal else []
+        extras += ["a head per task"] if experiment.multihead else []
         extras += ["entropy task inference"] if experiment.setting == "class" else []
         method = f"HyperInterval ({', '.join(extras)})"
     elif method == "separate" and (experiment.setting == "class" or exposure):

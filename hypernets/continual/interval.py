@@ -45,6 +45,14 @@ every center is 0); the penalty is
 :class:`~hypernets.continual.regularizer.OutputRegularizer` on the stacked bounds, ``beta * mean_j mean_bound
 |d|^2`` (divided by the number of earlier tasks once); the last step's network is kept (theirs keeps the step
 of lowest training loss at full ``eps``, nested, or of best validation accuracy, non-forced).
+
+**A head per task** (``multihead``, not the reference's): the target has one 2-way block of outputs per task and
+the task id picks the block, as EWC's and SI's single network here; :func:`head_masks` leaves the blocks of other
+tasks out of each task's bounds in the regularizer. With one shared head the universal network must tell the
+first digit of every pair from the second without the task (domain-incremental, no replay), and stays near 60%;
+with a head per task it shares everything but the head block, and at a small ``eps`` (0.1) reaches 97%+ on
+Split-MNIST (docs/continual.md). There the nested intervals nearly coincide, so the gain is the shared network
+kept by the bounds regularizer, not the width of the intervals: wider ones (``eps`` 1 or 10) did worse.
 """
 
 from __future__ import annotations
@@ -213,22 +221,44 @@ class IntervalHypernet(ChunkedHypernet):
 
 class WeightBounds(nn.Module):
     """``[k]`` task ids -> ``[k, 3, num_params]`` lower, middle and upper weights at the full perturbation:
-    what :class:`OutputRegularizer` keeps in place for earlier tasks."""
+    what :class:`OutputRegularizer` keeps in place for earlier tasks. ``used[t]`` (``[num_tasks, num_params]``,
+    0 or 1) zeroes the weights task ``t`` never reads (other tasks' heads), so that those stay free."""
 
-    def __init__(self, hypernet: IntervalHypernet) -> None:
+    def __init__(self, hypernet: IntervalHypernet, used: Tensor | None = None) -> None:
         super().__init__()
-        self.hypernet = hypernet
+        self.hypernet, self.used = hypernet, used
 
     def forward(self, tasks: Tensor) -> Tensor:
         center, radius = self.hypernet.task_bounds(tasks)
-        return torch.stack([center - radius, center, center + radius], dim=1)
+        bounds = torch.stack([center - radius, center, center + radius], dim=1)
+        return bounds if self.used is None else bounds * self.used[tasks][:, None]
+
+
+def head_masks(hypernet: IntervalHypernet, target: nn.Sequential, num_tasks: int) -> Tensor:
+    """``[num_tasks, num_params]``: 1 where task ``t`` reads the weight, i.e. everywhere but the rows of the last
+    ``Linear`` (weight and bias) that belong to other tasks' blocks of ``out_features / num_tasks`` outputs.
+    Without it an earlier task's bounds would pin the untrained heads of later tasks where they started."""
+    last = [name for name, layer in target.named_children() if isinstance(layer, nn.Linear)][-1]
+    width = target.get_submodule(last).out_features // num_tasks
+    masks = []
+    for task in range(num_tasks):
+        rows = torch.zeros(num_tasks * width)
+        rows[task * width : (task + 1) * width] = 1
+        parts = []
+        for name, shape in zip(hypernet.names, hypernet.shapes, strict=True):
+            part = torch.ones(shape)
+            if name in (f"{last}.weight", f"{last}.bias"):
+                part = rows.view(-1, *[1] * (len(shape) - 1)).expand(shape)
+            parts.append(part.flatten())
+        masks.append(torch.cat(parts))
+    return torch.stack(masks)
 
 
 class HyperIntervalLearner(PerTaskNetworks):
     """Trains the hypernetwork and task ``t``'s embedding on ``kappa * CE(midpoint network) + (1 - kappa) *
     CE(worst case over the weight box)`` plus the bounds regularizer, on the schedule of :meth:`schedule`.
     With ``universal``, every prediction comes from the one network of the universal embedding of the tasks
-    learned so far, whatever task is asked."""
+    learned so far, whatever task is asked; with ``multihead`` the task's block of its outputs (:meth:`head`)."""
 
     def __init__(
         self,
@@ -240,12 +270,13 @@ class HyperIntervalLearner(PerTaskNetworks):
         kappa: float = 0.5,
         lr: float = 1e-3,
         universal: bool = False,
+        multihead: bool = False,
     ) -> None:
         super().__init__(classes)
         self.hypernet, self.target, self.steps, self.kappa, self.lr = hypernet, target, steps, kappa, lr
-        self.universal = universal
+        self.universal, self.multihead = universal, multihead
         self.regularizer = OutputRegularizer(beta)
-        self.bounds = WeightBounds(hypernet)
+        self.bounds = WeightBounds(hypernet, head_masks(hypernet, target, len(classes)) if multihead else None)
         self.optimizer: torch.optim.Adam | None = None
         self.step = 0
 
@@ -265,9 +296,17 @@ class HyperIntervalLearner(PerTaskNetworks):
             return 1.0, self.kappa
         return self.step / max(1, half - 1), max(1 - KAPPA_DECAY * self.step, self.kappa)
 
+    def head(self, task: int, outputs: Tensor) -> Tensor:
+        """Task ``task``'s logits: all outputs, or with ``multihead`` its own block of them (the target then has
+        one block per task, and the task id picks the block, as for one network with a head per task)."""
+        if not self.multihead:
+            return outputs
+        width = self.classes.shape[1]
+        return outputs[..., task * width : (task + 1) * width]
+
     def logits(self, task: int, x: Tensor) -> Tensor:
         params = self.hypernet.universal(self.learned) if self.universal else self.hypernet.predict(task)
-        return functional_call(self.target, params, (x,))
+        return self.head(task, functional_call(self.target, params, (x,)))
 
     def train_step(self, task: int, x: Tensor, y: Tensor) -> dict[str, float]:
         self.hypernet.zero_grad(set_to_none=True)
@@ -275,8 +314,9 @@ class HyperIntervalLearner(PerTaskNetworks):
         center, radius = self.hypernet.task_bounds(torch.tensor([task]), ramp)
         middle = self.hypernet.unflatten(center[0])
         lower, upper = self.hypernet.unflatten(center[0] - radius[0]), self.hypernet.unflatten(center[0] + radius[0])
-        fit = F.cross_entropy(functional_call(self.target, middle, (x,)), y)
-        worst = F.cross_entropy(worst_case_logits(*target_bounds(self.target, lower, upper, x), y), y)
+        fit = F.cross_entropy(self.head(task, functional_call(self.target, middle, (x,))), y)
+        low, high = (self.head(task, bound) for bound in target_bounds(self.target, lower, upper, x))
+        worst = F.cross_entropy(worst_case_logits(low, high, y), y)
         loss = kappa * fit + (1 - kappa) * worst
         stats = {"loss": fit.item(), "worst_case_loss": worst.item()}
         if len(self.regularizer.tasks):

@@ -12,7 +12,10 @@ GRID_METHODS: dict[str, dict] = {  # method name -> Experiment settings
     "hypernetize": dict(method="hypernet", hypernet="hypernetize", mip=True),
     "hypernet-rnn": dict(method="hypernet", hypernet="rnn"),
     "hyperinterval": dict(method="hyperinterval", perturbation=1.0),  # the reference's task-incremental eps
-    "hyperinterval-universal": dict(method="hyperinterval", universal=True),
+    # one network for all tasks, the task id only picks its 2-way head; eps chosen on seed 0 (docs/continual.md)
+    "hyperinterval-universal": dict(method="hyperinterval", universal=True, multihead=True, perturbation=0.1),
+    # the reference's nested run as it is: one shared 2-way head, so no task id at all (domain-incremental)
+    "hyperinterval-universal-shared": dict(method="hyperinterval", universal=True),
     "ewc": dict(method="ewc"),
     "si": dict(method="si"),
     "finetune": dict(method="finetune"),
