@@ -30,13 +30,17 @@ def count_flops(model: nn.Module, example_inputs: Inputs) -> int:
 
     ``example_inputs`` is a tensor (one argument), a tuple (positional arguments) or a dict (keyword arguments,
     e.g. ``{"input_ids": ids}`` for Hugging Face models). The count covers the whole batch. The model runs in
-    eval mode without autograd, and its training flag is restored afterwards.
+    eval mode, and its training flag is restored afterwards.
+
+    Autograd stays on: the counter's module tracker hooks the gradients of every module's inputs, and a view of a
+    parameter made without autograd (CaiT's and SigLIP's expanded class tokens) requires grad yet has no
+    gradient function, which the tracker rejects.
     """
     args, kwargs = _call_arguments(example_inputs)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+        with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
             model(*args, **kwargs)
     finally:
         model.train(was_training)

@@ -20,11 +20,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .consistency import naming_breakage, parameter_shapes, sync_size_attributes
-from .conv1d import Magnitude, customized_pruners, is_conv1d, pruner_options
+from .conv1d import Magnitude, customized_pruners, pruner_options
 from .copying import copy_model
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
-from .token_mixing import misreadings
+from .token_mixing import is_layer, misreadings
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
@@ -449,29 +449,34 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 def is_attention(module: nn.Module) -> bool:
     """timm-style attention: a fused ``qkv`` Linear split into ``num_heads`` heads of ``head_dim`` channels,
     merged back by a ``proj`` Linear."""
+    qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
     return (
-        isinstance(getattr(module, "qkv", None), nn.Linear)
-        and isinstance(getattr(module, "proj", None), nn.Linear)
+        isinstance(qkv, nn.Linear)
+        and isinstance(proj, nn.Linear)
         and isinstance(getattr(module, "num_heads", None), int)
+        and all(m is qkv or m is proj for m in module.modules() if is_layer(m))
     )
 
 
-def _kept_whole(model: nn.Module) -> list[str]:
-    """Token embeddings (their width is the residual stream's) and the projections and convolutions inside
-    attention layers that are not timm's ViT attention, by name: such layers split and merge heads (and reduce
-    tokens, as PVT's ``sr``) by reshapes that take sizes from their inputs or attributes, which the dependency
-    graph cannot follow (CoAtNet's ``Attention2d`` makes it enumerate indices until memory runs out)."""
-    kept = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding):
-            kept.append(name)
-        elif "Attention" in type(module).__name__ and not is_attention(module):
-            kept += [f"{name}.{child}" for child, m in module.named_modules() if _is_projection(m)]
-    return kept
-
-
-def _is_projection(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) or is_conv1d(module)
+def _kept_by_default(model: nn.Module, attention: list[str]) -> list[str]:
+    """The classifier (the last linear or convolution, whose outputs are the logits), token embeddings (their width
+    is the residual stream's) and the projections and convolutions inside the ``attention`` modules that are not
+    timm's ViT attention: such layers split and merge heads (and reduce
+    tokens, as PVT's ``sr``; mix heads, as CaiT's talking heads) by reshapes that take sizes from their inputs or
+    attributes, which the dependency graph cannot follow (CoAtNet's ``Attention2d`` makes it enumerate indices
+    until memory runs out)."""
+    modules = dict(model.named_modules())
+    classifier = [name for name, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if not classifier:
+        raise ValueError("found no Linear or convolution to keep as the classifier; pass ignored_layers")
+    embeddings = [name for name, module in modules.items() if isinstance(module, nn.Embedding)]
+    return [classifier[-1], *embeddings] + [
+        f"{name}.{child}"
+        for name in attention
+        if not is_attention(modules[name])
+        for child, m in modules[name].named_modules()
+        if is_layer(m)
+    ]
 
 
 def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
@@ -484,23 +489,20 @@ def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
 def _layers(
     original: nn.Module, target: nn.Module, example_inputs: Tensor, layers: Layers | None, keep: Sequence[str] = ()
 ) -> tuple[list[nn.Module], dict[nn.Module, int]]:
-    """The modules of ``target`` kept whole: ``layers`` (see :func:`_resolve_layers`), ``keep``, and, always, those
-    the dependency graph would read wrongly; and its fused linears, by their number of equal chunks (see
+    """The modules of ``target`` kept whole: ``layers`` (default :func:`_kept_by_default`), ``keep``, and, always,
+    those the dependency graph would read wrongly; and its fused linears, by their number of equal chunks (see
     :mod:`metaprune.token_mixing`)."""
     misread = misreadings(original, example_inputs)
+    if layers is None:
+        layers = _kept_by_default(original, misread.attention)
     ignored = [m for names in (layers, misread.kept, list(keep)) for m in _resolve_layers(original, target, names)]
     fused = _resolve_layers(original, target, list(misread.chunked))
     return ignored, dict(zip(fused, misread.chunked.values(), strict=True))
 
 
-def _resolve_layers(original: nn.Module, target: nn.Module, layers: Layers | None) -> list[nn.Module]:
+def _resolve_layers(original: nn.Module, target: nn.Module, layers: Layers) -> list[nn.Module]:
     """Map modules of ``original`` (or names) onto the same-named modules of ``target`` (a deepcopy or itself)."""
     names = {id(module): name for name, module in original.named_modules()}
-    if layers is None:
-        classifier = [name for name, m in original.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
-        if not classifier:
-            raise ValueError("found no Linear or convolution to keep as the classifier; pass ignored_layers")
-        layers = [classifier[-1], *_kept_whole(original)]
     modules = dict(target.named_modules())
     resolved = []
     for layer in layers:

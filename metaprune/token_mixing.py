@@ -30,44 +30,57 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from .conv1d import is_conv1d
+
 _SWAPS = {"transpose", "swapaxes", "swapdims"}
 _FEATURES_FIRST = {"conv1d", "conv2d", "conv3d", "batch_norm", "group_norm", "instance_norm"}
 _SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}
 _RESHAPES = {"view", "reshape", "pad", "__getitem__"}
+_ATTENTION = {"softmax", "scaled_dot_product_attention"}
+_CONVOLUTIONS = {"conv1d", "conv2d", "conv3d"}
 
 
 class _FeatureAxes(TorchFunctionMode):
     """Tracks the feature axis of every tensor of one forward pass (where it is known) and records the linear
     layers whose input has its features on an axis other than the last."""
 
-    def __init__(self, weights: dict[int, str], writers: dict[int, str]) -> None:
+    def __init__(self, weights: dict[int, str], writers: dict[int, str], with_layers: set[str]) -> None:
         super().__init__()
         self.weights = weights  # id of a Linear's weight -> the Linear's name
         self.writers = writers  # id of a Linear's or convolution's weight -> its name
+        self.with_layers = with_layers  # modules that hold a Linear or convolution (or are one)
         self.spaces = _FeatureSpaces()
         self.axes: dict[int, int] = {}  # id of a tensor -> its feature axis, from the front
         self.alive: list[Tensor] = []  # keeps every tracked tensor alive, so that ids are not reused
         self.along_tokens: set[str] = set()
         self.outputs: dict[int, str] = {}  # id of a Linear's output -> the Linear's name
         self.chunks: dict[str, int | None] = {}  # Linears split on their feature axis: equal chunks, or None
-        self.running: set[int] = set()  # ids of the weights of the Linears whose forward is running
+        self.running: list[str] = []  # the modules whose forward is running, outermost first (the root not)
         self.producers: dict[int, str] = {}  # id of a module's output -> the innermost module that returned it
         self.read_outside: set[str] = set()  # modules producing the input of a Linear read outside its forward
+        self.attention: set[str] = set()  # the innermost modules with layers in which a softmax over tokens runs
+        self.multiplied: set[str] = set()  # grouped convolutions with a channel multiplier
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        if name in _ATTENTION:
+            self._note_attention()
         if name in _SPLITS and args and id(args[0]) in self.outputs:
             self._check_split(args, kwargs, out)
         if name == "linear":
             args = tuple(_dims(args, kwargs, ("input", "weight", "bias")))  # F.linear may take them by keyword
             if id(args[1]) in self.weights and isinstance(out, Tensor):
                 self.outputs[id(out)] = self.weights[id(args[1])]
-                if id(args[1]) not in self.running:
+                if self.weights[id(args[1])] not in self.running:
                     self.spaces.keep(args[0])
                     if id(args[0]) in self.producers:
                         self.read_outside.add(self.producers[id(args[0])])
+        if name in _CONVOLUTIONS:
+            self._check_groups(
+                *_dims(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"))
+            )
         if isinstance(out, Tensor):
             axis = self._output_axis(name, args, kwargs, out)
             if axis is not None and 0 <= axis < out.dim():
@@ -85,6 +98,20 @@ class _FeatureAxes(TorchFunctionMode):
             return
         same = [a for a in args if self._axis(a) is not None and (a.shape == out.shape or a is args[0])]
         self.spaces.join(out, same)
+
+    def _check_groups(self, source: Tensor, weight: Tensor, *args: Any) -> None:
+        """A grouped convolution whose groups each make more channels than they read (FastViT's ``conv_kxk``,
+        ``groups = in_channels`` and twice as many out): the dependency graph maps its input channels one to one
+        onto its outputs, so the features it reads stay whole."""
+        groups = args[-1] or 1
+        if groups > 1 and weight.shape[0] != source.shape[1] and id(weight) in self.writers:
+            self.multiplied.add(self.writers[id(weight)])
+            self.spaces.keep(source)
+
+    def _note_attention(self) -> None:
+        owner = next((name for name in reversed(self.running) if name in self.with_layers), None)
+        if owner is not None:
+            self.attention.add(owner)
 
     def _check_split(self, args: tuple, kwargs: dict, parts: tuple[Tensor, ...]) -> None:
         source, linear = args[0], self.outputs[id(args[0])]
@@ -175,11 +202,14 @@ class Misreadings:
     chunked: dict[str, int]  # linears split into equal chunks along their features: the number of chunks
     split_unequally: list[str]  # linears split into unequal parts along their features: kept whole
     read_outside: list[str]  # producers of the input of a linear read outside its own forward: kept whole
+    multiplied: list[str]  # grouped convolutions whose groups make more channels than they read: kept whole
+    stream_writers: list[str]  # layers writing into a feature space either of the above reads: kept whole
+    attention: list[str]  # the innermost modules holding layers in whose forward a softmax (or SDPA) runs
 
     @property
     def kept(self) -> list[str]:
         """The modules pruning keeps whole."""
-        return self.along_tokens + self.split_unequally + self.read_outside
+        return self.along_tokens + self.split_unequally + self.read_outside + self.multiplied + self.stream_writers
 
 
 def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
@@ -190,19 +220,23 @@ def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
         along_tokens=_named(model, mode.along_tokens),
         chunked={name: equal[name] for name in _named(model, set(equal))},
         split_unequally=_named(model, set(mode.chunks) - set(equal)),
-        read_outside=_named(model, mode.read_outside | mode.spaces.writers_of_kept()),
+        read_outside=_named(model, mode.read_outside),
+        multiplied=_named(model, mode.multiplied),
+        stream_writers=_named(model, mode.spaces.writers_of_kept()),
+        attention=_named(model, mode.attention),
     )
 
 
 def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
     """One forward pass of ``example_inputs`` in eval mode without gradients, the feature axes followed."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)}
+    layers = {name: m for name, m in model.named_modules() if is_layer(m)}
+    with_layers = {name for name, m in model.named_modules() if any(sub in layers.values() for sub in m.modules())}
     mode = _FeatureAxes(
         {id(m.weight): name for name, m in layers.items() if isinstance(m, nn.Linear)},
         {id(m.weight): name for name, m in layers.items()},
+        with_layers,
     )
-    hooks = [_record_output(mode, name, module) for name, module in model.named_modules() if name]
-    hooks += [hook for m in model.modules() if isinstance(m, nn.Linear) for hook in _record_running(mode, m)]
+    hooks = [hook for name, module in model.named_modules() if name for hook in _record(mode, name, module)]
     was_training = model.training
     model.eval()
     try:
@@ -215,23 +249,24 @@ def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
     return mode
 
 
-def _record_output(mode: _FeatureAxes, name: str, module: nn.Module) -> RemovableHandle:
-    """Note ``module`` as the producer of its output, unless a module inside it returned the same tensor first."""
+def is_layer(module: nn.Module) -> bool:
+    """A linear or convolution layer (Hugging Face's ``Conv1D`` included): what pruning cuts channels from."""
+    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) or is_conv1d(module)
 
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
+
+def _record(mode: _FeatureAxes, name: str, module: nn.Module) -> list[RemovableHandle]:
+    """Keep ``mode.running`` to the modules whose forward is on the stack, and note ``module`` as the producer of
+    its output, unless a module inside it returned the same tensor first."""
+
+    def after(module: nn.Module, args: Any, output: Any) -> None:
+        mode.running.pop()
         if isinstance(output, Tensor) and id(output) not in mode.producers:
             mode.producers[id(output)] = name
             mode.alive.append(output)
 
-    return module.register_forward_hook(hook)
-
-
-def _record_running(mode: _FeatureAxes, linear: nn.Linear) -> list[RemovableHandle]:
-    """Keep ``mode.running`` to the Linears whose forward is on the stack, so that a read of a weight outside its
-    Linear's forward is told apart."""
     return [
-        linear.register_forward_pre_hook(lambda module, args: mode.running.add(id(module.weight))),
-        linear.register_forward_hook(lambda module, args, output: mode.running.discard(id(module.weight))),
+        module.register_forward_pre_hook(lambda module, args: mode.running.append(name)),
+        module.register_forward_hook(after),
     ]
 
 

@@ -13,7 +13,7 @@ from metaprune.prune import prune
 from metaprune.token_mixing import Misreadings, misreadings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-_NOTHING_MISREAD = Misreadings(along_tokens=[], chunked={}, split_unequally=[], read_outside=[])
+_NOTHING_MISREAD = Misreadings([], {}, [], read_outside=[], multiplied=[], stream_writers=[], attention=[])
 
 
 def _blind(monkeypatch) -> None:
@@ -153,7 +153,8 @@ def test_a_linear_read_outside_its_forward_keeps_its_input_whole(monkeypatch) ->
     x = torch.randn(1, 5, 4)
     model = _ReadOutside()
     # the norm that feeds it, and every layer writing into the residual stream it reads
-    assert misreadings(model, x).read_outside == ["embed", "norm", "proj", "fc2"]
+    misread = misreadings(model, x)
+    assert misread.read_outside == ["norm"] and misread.stream_writers == ["embed", "proj", "fc2"]
     pruned = prune(model, x, speedup=1.3, ignored_layers=["head"]).model
     assert pruned.qkv.in_features == pruned.embed.out_features == 8  # the residual stays whole
     assert pruned.fc1.out_features < 32
@@ -161,3 +162,87 @@ def test_a_linear_read_outside_its_forward_keeps_its_input_whole(monkeypatch) ->
     _blind(monkeypatch)
     with pytest.raises(IndexError):  # what Torch-Pruning does with it: cut the residual under qkv
         prune(model, x, speedup=1.3, ignored_layers=["head"])
+
+
+class _Multiplied(nn.Module):
+    """FastViT's ``conv_kxk``: a grouped convolution making two channels from each one it reads, on a residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mlp = nn.Sequential(nn.Conv2d(8, 32, 1), nn.ReLU(), nn.Conv2d(32, 8, 1))
+        self.expand = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + self.mlp(h)
+        return self.head(self.expand(h).mean((2, 3)))
+
+
+def test_a_grouped_convolution_with_a_multiplier_keeps_the_stream_it_reads() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    model = _Multiplied().eval()
+    misread = misreadings(model, x)
+    assert misread.multiplied == ["expand"] and misread.stream_writers == ["stem", "mlp.2"]
+    pruned = prune(model, x, speedup=1.2).model
+    assert pruned.stem.out_channels == 8 and pruned.expand.weight.shape == (16, 1, 3, 3)
+    assert pruned.mlp[0].out_channels < 32
+    assert pruned(x).shape == (1, 3)
+
+
+class _Mixer(nn.Module):
+    """Attention under another name (ConViT's ``GPSA``): separate q, k, v and a softmax in its own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x):
+        q, k, v = (f(x).unflatten(-1, (2, 4)).transpose(1, 2) for f in (self.q, self.k, self.v))
+        attention = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.out((attention @ v).transpose(1, 2).flatten(2))
+
+
+class _TalkingHeads(nn.Module):
+    """A timm-style ``qkv``/``proj``/``num_heads`` attention with one more linear, across heads (CaiT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads = 2
+        self.qkv, self.proj, self.proj_l = nn.Linear(8, 24), nn.Linear(8, 8), nn.Linear(2, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)
+        scores = self.proj_l((q @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).flatten(2))
+
+
+class _Blocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.mixer, self.heads = nn.Linear(4, 8), _Mixer(), _TalkingHeads()
+        self.fc1, self.fc2, self.head = nn.Linear(8, 32), nn.Linear(32, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.heads(h + self.mixer(h))
+        return self.head(h + self.fc2(self.fc1(h).relu()))
+
+
+def test_attention_is_found_by_its_softmax_and_only_plain_vit_attention_is_cut_apart() -> None:
+    from metaprune.prune import is_attention
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 4)
+    model = _Blocks().eval()
+    assert misreadings(model, x).attention == ["mixer", "heads"]
+    assert not is_attention(model.heads)  # proj_l mixes heads: not the ViT attention whose heads are registered
+    pruned = prune(model, x, speedup=1.2).model
+    kept = ["mixer.q", "mixer.k", "mixer.v", "mixer.out", "heads.qkv", "heads.proj", "heads.proj_l"]
+    assert all(
+        dict(pruned.named_modules())[name].weight.shape == model.get_submodule(name).weight.shape for name in kept
+    )
+    assert pruned.fc1.out_features < 32
+    assert pruned(x).shape == (1, 5, 3)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from torch import nn
 
 from hypernets.data import load_mnist
 from hypernets.data.spec import build_data
@@ -295,3 +296,26 @@ def test_the_rewrite_prune_finetune_path_runs_on_llama_and_swin(family, in_workd
     assert status == 0, report.get("reasons")
     assert [c["rewrite_strength"] for c in report["candidates"]] == [0.5, 0.0]  # rewritten, then kept the better
     assert report["speedup"] >= 1.2
+
+
+def test_flops_are_counted_when_a_module_reads_a_parameter_view() -> None:
+    """CaiT hands its blocks ``cls_token.expand(...)``: made without autograd, such a view requires grad but has no
+    gradient function, which the counter's module tracker rejected."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x, token):
+            return self.fc(x + token)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token, self.block = nn.Parameter(torch.zeros(1, 1, 4)), Block()
+
+        def forward(self, x):
+            return self.block(x, self.token.expand(x.shape[0], -1, -1))
+
+    assert count_flops(Model(), torch.randn(2, 3, 4)) == 2 * 2 * 3 * 4 * 4

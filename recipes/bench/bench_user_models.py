@@ -15,7 +15,8 @@ a timm ViT built from a spec, and a Hugging Face ``LlamaForCausalLM`` trained by
   (b) metaprune: metaprune.prune_model(...) with group_norm, per-layer pruning, no metanetwork, and for
                 the ViT also with global_pruning=True (metaprune_global) and with head_dims=True, per layer
                 and global (metaprune_head_dims, metaprune_global_head_dims);
-  (c) metanet:  prune_model(..., metanet=<shipped>) when metaprune/pretrained/<family>/model.safetensors exists
+  (c) metanet:  prune_model(..., metanet=<shipped>) when metaprune/pretrained/<family>/model.safetensors exists,
+                with prune_model's default ranking (global for the ViT), as `metaprune prune --metanet` runs it
                 (skipped with a note otherwise).
 
 Every pipeline gets the same fine-tuning steps. Accuracy (loss for the LM) is measured on the val split by one
@@ -477,8 +478,7 @@ def run_model(name: str, args, results: list, notes: list) -> None:
                     "metanet": metanet,
                     "rewrite_strength": strength,
                     "sparse_steps": args.metanet_sparse_steps,
-                    "global_pruning": False,
-                }
+                }  # ranking as prune_model's default: global for the ViT, per layer for the CNNs
                 variants.append(("metanet", options))
             if seed == args.seeds[0] and speedup == speedups[0]:
                 notes.append(f"{name}: metanet pipeline: {note}")
