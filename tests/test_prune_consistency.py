@@ -127,6 +127,7 @@ def test_an_output_without_logits_is_a_usage_error() -> None:
 
 
 METAFORMER = dict(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), num_classes=10)
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 TIMM_MODELS = {  # families whose pruning crashed, ran out of memory or corrupted the model before
     "levit": lambda: timm.create_model(
         "levit_128s",
@@ -150,36 +151,9 @@ TIMM_MODELS = {  # families whose pruning crashed, ran out of memory or corrupte
         depths=(1, 1, 1, 1), embed_dims=(16, 16, 32, 32), num_heads=(1, 1, 2, 2), num_classes=10
     ),
     "poolformer": lambda: MetaFormer(**METAFORMER, downsample_norm=None, layer_scale_init_values=1e-5),
-    "cait": lambda: timm.create_model(
-        "cait_xxs24_224",
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        depth_token_only=1,
-        num_classes=10,
-    ),
-    "convit": lambda: timm.create_model(
-        "convit_tiny",
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        local_up_to_layer=1,
-        num_classes=10,
-    ),
-    "eva02": lambda: timm.create_model(
-        "eva02_tiny_patch14_224",
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_classes=10,
-        ref_feat_shape=(4, 4),
-    ),
+    "cait": lambda: timm.create_model("cait_xxs24_224", **TINY_VIT, depth_token_only=1),
+    "convit": lambda: timm.create_model("convit_tiny", **TINY_VIT, local_up_to_layer=1),
+    "eva02": lambda: timm.create_model("eva02_tiny_patch14_224", **TINY_VIT, ref_feat_shape=(4, 4)),
 }
 
 
