@@ -249,6 +249,42 @@ def test_cross_attention_is_refused_naming_the_module() -> None:
         to_neuron_graph(MultiheadAttention(), (x, torch.zeros(1, 5, 8)))
 
 
+class StandardizedConv(nn.Conv2d):
+    """NFNet's ``ScaledStdConv2d``: the convolution's weight is computed from the parameter on every call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = self.weight.reshape(1, self.out_channels, -1)
+        weight = F.batch_norm(flat, None, None, training=True).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias)
+
+
+class ConstantGridEncoding(nn.Module):
+    """XCiT's positional encoding: a convolution over a grid made from constants, added to the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.project = nn.Conv2d(1, 4, 1), nn.Conv2d(2, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = torch.stack(torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij"))[None]
+        return self.stem(x) + self.project(grid)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            nn.Sequential(StandardizedConv(1, 4, 3, padding=1)),
+            r"'0' \(StandardizedConv\).*weight is computed from parameters",
+        ),
+        (ConstantGridEncoding(), r"'project' \(Conv2d\).*input is computed from constants"),
+    ],
+)
+def test_layers_whose_weight_or_input_the_graph_cannot_place_are_refused_naming_them(model, message) -> None:
+    with pytest.raises(UnsupportedModuleError, match=message):
+        to_neuron_graph(model, torch.zeros(1, 1, 4, 4))
+
+
 # -- permutation equivariance -------------------------------------------------------------------
 
 

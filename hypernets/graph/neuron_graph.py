@@ -131,6 +131,8 @@ def to_neuron_graph(model: nn.Module, inputs: Inputs = None, ir: ModelIR | None 
         )
     builder = _Builder(model, ir)
     for op in ir.ops:
+        builder.check_layer(op)
+    for op in ir.ops:
         builder.add(op)
     return builder.finish()
 
@@ -296,6 +298,17 @@ class _Builder:
         return tensor[:, 0]
 
     # -- ops --------------------------------------------------------------------------------------
+    def check_layer(self, op: Op) -> None:
+        """Refuse, before any node is made, a layer whose weight is not a parameter (NFNet's weight-standardized
+        convolution computes it) or whose input no traced op produces (XCiT's positional encoding convolves a
+        grid made from constants): the graph places parameters and follows the model's input."""
+        if op.kind not in ("linear", "conv", "embedding"):
+            return
+        if "weight" not in op.params:
+            self._unsupported(op, f"a '{op.kind}' whose weight is computed from parameters, not a parameter itself")
+        if op.kind != "embedding" and not op.sources:
+            self._unsupported(op, f"a '{op.kind}' whose input is computed from constants, not from the model's input")
+
     def add(self, op: Op) -> None:
         handler = self._rotary if op.function == ROTARY else getattr(self, f"_{op.kind}", None)
         if handler is None and op.kind in _PASS_THROUGH:
