@@ -67,7 +67,7 @@ class _FeatureAxes(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _ATTENTION:
             self._note_attention()
-        if name in _SPLITS and args and id(args[0]) in self.outputs:
+        if name in _SPLITS and args and self._axis(args[0]) is not None:
             self._check_split(args, kwargs, out)
         if name == "linear":
             args = tuple(_dims(args, kwargs, ("input", "weight", "bias")))  # F.linear may take them by keyword
@@ -114,11 +114,19 @@ class _FeatureAxes(TorchFunctionMode):
             self.attention.add(owner)
 
     def _check_split(self, args: tuple, kwargs: dict, parts: tuple[Tensor, ...]) -> None:
-        source, linear = args[0], self.outputs[id(args[0])]
+        """A split along the features: a fused Linear's chunks (see the module's docstring), or, of any other
+        tensor (Res2Net's and CSPNet's convolution outputs), a space kept whole: the dependency graph gives such
+        splits one output per consumer, not per chunk, and sizes them from the wrong node."""
+        source = args[0]
         dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % source.dim()
-        if dim == self._axis(source):
-            equal = len({part.shape[dim] for part in parts}) == 1 and self.chunks.get(linear, len(parts)) == len(parts)
-            self.chunks[linear] = len(parts) if equal else None
+        if dim != self._axis(source):
+            return
+        linear = self.outputs.get(id(source))
+        if linear is None:
+            self.spaces.keep(source)
+            return
+        equal = len({part.shape[dim] for part in parts}) == 1 and self.chunks.get(linear, len(parts)) == len(parts)
+        self.chunks[linear] = len(parts) if equal else None
 
     def _axis(self, tensor: Any) -> int | None:
         return self.axes.get(id(tensor)) if isinstance(tensor, Tensor) else None

@@ -246,3 +246,31 @@ def test_attention_is_found_by_its_softmax_and_only_plain_vit_attention_is_cut_a
     )
     assert pruned.fc1.out_features < 32
     assert pruned(x).shape == (1, 5, 3)
+
+
+class _Res2Block(nn.Module):
+    """Res2Net's bottleneck: a convolution's output split into chunks along channels, each chunk added to the
+    previous one's output before its own convolution, the last passed on as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.reduce = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 1)
+        self.convs = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+        self.expand, self.head = nn.Conv2d(16, 16, 1), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        chunks, outs = self.reduce(h).relu().split(4, dim=1), []
+        for i, conv in enumerate(self.convs):
+            outs.append(conv(chunks[i] if i == 0 else outs[-1] + chunks[i]))
+        h = h + self.expand(torch.cat([*outs, chunks[-1]], dim=1))
+        return self.head(h.mean((2, 3)))
+
+
+def test_a_convolution_split_along_channels_keeps_the_space_it_splits() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    model = _Res2Block().eval()
+    assert "reduce" in misreadings(model, x).stream_writers
+    pruned = prune(model, x, speedup=1.1).model
+    assert pruned.reduce.out_channels == 16 and pruned(x).shape == (1, 3)
