@@ -7,7 +7,6 @@ network is a smaller dense network that really runs faster. The DependencyGraph 
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from .copying import copy_model
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
 from .token_mixing import is_layer, misreadings
+from .tp_quirks import map_chunks, refresh_split_offsets
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
@@ -212,7 +212,7 @@ def prune(
             while not reached(cost, params) and pruner.current_step < steps:
                 with _naming_torch_pruning(f"pruning step {pruner.current_step + 1} of {steps}"):
                     pruner.step()
-                _refresh_split_offsets(pruner.DG)
+                refresh_split_offsets(pruner.DG)
                 if head_dims:  # heads lost channels: their size follows qkv's
                     for attn in attention_modules(pruned):
                         set_num_heads(attn, attn.num_heads)
@@ -229,15 +229,6 @@ def prune(
         raise ImpossibleTargetError("param_ratio", param_ratio, base_params / params)
     flops = (base_cost, cost) if counter == "flops" else (None, None)
     return PruneResult(pruned, method, base_macs, macs, base_params, params, pruner.current_step, *flops)
-
-
-def _refresh_split_offsets(graph: tp.DependencyGraph) -> None:
-    """Move the offsets of every split in ``graph`` to its pruned sizes. Torch-Pruning's ``SplitPruner`` updates a
-    split's sizes but stores the new offsets on itself, not on the split, so the next step's index mapping would
-    still cut chunks at the dense offsets (Torch-Pruning 1.6)."""
-    for node in graph.module2node.values():
-        if node.type == tp.ops.OPTYPE.SPLIT and node.module.split_sizes is not None:
-            node.module.offsets = [0, *itertools.accumulate(node.module.split_sizes)]
 
 
 def _cost(model: nn.Module, example_inputs: Tensor, counter: Counter, macs: int) -> int:
@@ -311,7 +302,7 @@ def sparse_regularizer(
             out_channel_groups=chunked,
             **pruner_options(),
         )
-        _map_chunks(pruner.DG, chunked)
+        map_chunks(pruner.DG, chunked)
     model.train(was_training)
 
     def hook(module: nn.Module) -> None:
@@ -388,17 +379,8 @@ def _pruner(
         out_channel_groups=dict(chunked),
         **pruner_options(),
     )
-    _map_chunks(pruner.DG, chunked)
+    map_chunks(pruner.DG, chunked)
     return pruner
-
-
-def _map_chunks(graph: tp.DependencyGraph, chunked: dict[nn.Module, int]) -> None:
-    """Map channels through the splits of fused linears. Torch-Pruning turns off the index mapping of every split
-    downstream of a 3-d parameter it does not know (a ViT's ``pos_embed``), for the concatenation of the class
-    token; a fused linear's split is on its features, so its mapping is turned back on."""
-    for node in graph.module2node.values():
-        if node.type == tp.ops.OPTYPE.SPLIT and any(source.module in chunked for source in node.inputs):
-            node.enable_index_mapping = True
 
 
 def _prune_heads(
