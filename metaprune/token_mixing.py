@@ -14,6 +14,9 @@
   whole: the module that produced them is kept, and so is every layer that writes into the same feature space
   (the residual stream's writers, followed through additions and norms), so that the dependency graph never
   starts a group there (through Swin's window reshapes it enumerates indices until memory runs out).
+- The output: its width is the user's (the classes), so the layers writing into it stay whole, wherever the
+  model registers them (XLM-R's classification head comes first in its module order, so keeping the last
+  registered linear pruned its classes).
 
 This module runs the example input once and follows which axis of every tensor holds the features, so that those
 layers can be kept whole.
@@ -21,13 +24,14 @@ layers can be kept whole.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from .conv1d import is_conv1d
@@ -211,7 +215,7 @@ class Misreadings:
     split_unequally: list[str]  # linears split into unequal parts along their features: kept whole
     read_outside: list[str]  # producers of the input of a linear read outside its own forward: kept whole
     multiplied: list[str]  # grouped convolutions whose groups make more channels than they read: kept whole
-    stream_writers: list[str]  # layers writing into a feature space either of the above reads: kept whole
+    stream_writers: list[str]  # layers writing into a space either of the above or the output reads: kept whole
     attention: list[str]  # the innermost modules holding layers in whose forward a softmax (or SDPA) runs
 
     @property
@@ -249,7 +253,9 @@ def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
     model.eval()
     try:
         with torch.no_grad(), mode:
-            model(example_inputs)
+            output = model(example_inputs)
+        for tensor in tree_leaves(dict(output) if isinstance(output, Mapping) else output):
+            mode.spaces.keep(tensor)  # the answer's width is the user's: its writers (the classifiers) stay whole
     finally:
         model.train(was_training)
         for hook in hooks:

@@ -154,7 +154,7 @@ def test_a_linear_read_outside_its_forward_keeps_its_input_whole(monkeypatch) ->
     model = _ReadOutside()
     # the norm that feeds it, and every layer writing into the residual stream it reads
     misread = misreadings(model, x)
-    assert misread.read_outside == ["norm"] and misread.stream_writers == ["embed", "proj", "fc2"]
+    assert misread.read_outside == ["norm"] and misread.stream_writers == ["embed", "proj", "fc2", "head"]
     pruned = prune(model, x, speedup=1.3, ignored_layers=["head"]).model
     assert pruned.qkv.in_features == pruned.embed.out_features == 8  # the residual stays whole
     assert pruned.fc1.out_features < 32
@@ -185,7 +185,7 @@ def test_a_grouped_convolution_with_a_multiplier_keeps_the_stream_it_reads() -> 
     x = torch.randn(1, 3, 8, 8)
     model = _Multiplied().eval()
     misread = misreadings(model, x)
-    assert misread.multiplied == ["expand"] and misread.stream_writers == ["stem", "mlp.2"]
+    assert misread.multiplied == ["expand"] and misread.stream_writers == ["stem", "mlp.2", "head"]
     pruned = prune(model, x, speedup=1.2).model
     assert pruned.stem.out_channels == 8 and pruned.expand.weight.shape == (16, 1, 3, 3)
     assert pruned.mlp[0].out_channels < 32
@@ -274,3 +274,25 @@ def test_a_convolution_split_along_channels_keeps_the_space_it_splits() -> None:
     assert "reduce" in misreadings(model, x).stream_writers
     pruned = prune(model, x, speedup=1.1).model
     assert pruned.reduce.out_channels == 16 and pruned(x).shape == (1, 3)
+
+
+class _HeadFirst(nn.Module):
+    """XLM-R's order: the classification head registered before the body, so the last registered linear is not it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.body = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 16))
+
+    def forward(self, x):
+        return self.head(self.body(x).relu())
+
+
+def test_the_layers_writing_the_output_keep_its_width_wherever_they_are_registered(monkeypatch) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 4)
+    model = _HeadFirst().eval()
+    assert misreadings(model, x).stream_writers == ["head"]
+    assert prune(model, x, speedup=1.2).model(x).shape == (1, 3)
+    _blind(monkeypatch)
+    assert prune(model, x, speedup=1.2).model(x).shape[1] < 3  # what the last registered linear kept whole allowed
