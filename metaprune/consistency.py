@@ -10,13 +10,14 @@ something else.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from .conv1d import is_conv1d
 
@@ -87,6 +88,31 @@ def naming_breakage(model: nn.Module, example_inputs: Tensor) -> Iterator[None]:
                 f"prune_model(..., keep=[{failing!r}]) or metaprune prune --keep {failing}"
             ) from again
         raise err
+
+
+def answer_shapes(model: nn.Module, example_inputs: Tensor) -> list[tuple[int, ...]]:
+    """The shapes of every tensor a forward pass on ``example_inputs`` returns (a Hugging Face output's fields
+    included): what pruning must leave as they were. Run in eval mode, so that batch-norm statistics stay as
+    they were."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(example_inputs)
+    finally:
+        model.train(was_training)
+    leaves = tree_leaves(dict(output) if isinstance(output, Mapping) else output)
+    return [tuple(leaf.shape) for leaf in leaves if isinstance(leaf, Tensor)]
+
+
+def check_answer_shapes(model: nn.Module, example_inputs: Tensor, expected: list[tuple[int, ...]]) -> None:
+    """Raise :class:`PrunedModelBrokenError` when the pruned ``model`` answers in other shapes than ``expected``."""
+    shapes = answer_shapes(model, example_inputs)
+    if shapes != expected:
+        raise PrunedModelBrokenError(
+            f"the pruned model answers in shapes {shapes}, not {expected}: a layer writing its output was pruned; "
+            "keep it whole with prune_model(..., keep=[NAME]) or metaprune prune --keep NAME"
+        )
 
 
 def _unknown_to_torch_pruning(module: nn.Module) -> bool:

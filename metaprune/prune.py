@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .consistency import naming_breakage, parameter_shapes, sync_size_attributes
+from .consistency import answer_shapes, check_answer_shapes, naming_breakage, parameter_shapes, sync_size_attributes
 from .conv1d import Magnitude, customized_pruners, pruner_options
 from .copying import copy_model
 from .finetune import GradHook, finetune
@@ -182,7 +182,7 @@ def prune(
     pruned = copy_model(model)
     with _without_cache(pruned):
         ignored, chunked = _layers(model, pruned, example_inputs, ignored_layers, keep)
-        shapes = parameter_shapes(pruned)
+        shapes, answers = parameter_shapes(pruned), answer_shapes(pruned, example_inputs)
         base_macs, base_params = count_macs_params(pruned, example_inputs)
         base_cost = _cost(pruned, example_inputs, counter, base_macs)
 
@@ -222,6 +222,7 @@ def prune(
                     macs, params = count_macs_params(pruned, example_inputs)
                     cost = _cost(pruned, example_inputs, counter, macs)
             bar.close()
+            check_answer_shapes(pruned, example_inputs, answers)
     pruned.train(model.training)  # tracing leaves the model in eval mode
     if speedup is not None and base_cost < speedup * cost:
         raise ImpossibleTargetError("speedup", speedup, base_cost / cost)
