@@ -24,7 +24,7 @@ from .copying import copy_model
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
 from .token_mixing import is_layer, misreadings
-from .tp_quirks import map_chunks, refresh_split_offsets
+from .tp_quirks import map_chunks, quiet_unwrapped_parameters, refresh_split_offsets
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
@@ -191,7 +191,7 @@ def prune(
                 param_ratio is None or base_params >= param_ratio * params
             )
 
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), quiet_unwrapped_parameters():
             torch.manual_seed(seed)
             if head_ratio > 0:
                 _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
@@ -290,7 +290,7 @@ def sparse_regularizer(
         FloatingPointError: the regularized gradient holds NaN or infinity, naming the parameter.
     """
     was_training = model.training
-    with torch.enable_grad(), _without_cache(model):
+    with torch.enable_grad(), _without_cache(model), quiet_unwrapped_parameters():
         ignored, chunked = _layers(model, model, example_inputs, ignored_layers)
         pruner = tp.pruner.GroupNormPruner(
             model,

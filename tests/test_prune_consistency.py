@@ -195,3 +195,13 @@ def test_torchvision_swin_keeps_the_streams_its_functional_attention_reads() -> 
     assert [pruned.features[0][0].out_channels, pruned.features[2].reduction.out_features] == [16, 32]
     assert pruned.features[1][0].mlp[0].out_features < 64
     assert pruned(x).shape == (1, 10)
+
+
+def test_pruning_a_vit_does_not_pass_on_torch_pruning_warnings_the_user_cannot_act_on() -> None:
+    import warnings
+
+    model = timm.create_model("vit_tiny_patch16_224", **TINY_VIT).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prune(model, torch.randn(1, 3, 32, 32), speedup=1.2)
+    assert not [w for w in caught if "Unwrapped parameters" in str(w.message)]
