@@ -10,16 +10,16 @@ something else.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
-from torch.utils._pytree import tree_leaves
 
 from .conv1d import is_conv1d
+from .task import output_tensors
 
 Shapes = dict[str, dict[str, torch.Size]]  # module name -> its own parameters' shapes
 # attributes that hold spatial sizes, never a channel count, whatever their value (torchvision's ViT keeps
@@ -101,8 +101,7 @@ def answer_shapes(model: nn.Module, example_inputs: Tensor) -> list[tuple[int, .
             output = model(example_inputs)
     finally:
         model.train(was_training)
-    leaves = tree_leaves(dict(output) if isinstance(output, Mapping) else output)
-    return [tuple(leaf.shape) for leaf in leaves if isinstance(leaf, Tensor)]
+    return [tuple(tensor.shape) for tensor in output_tensors(output)]
 
 
 def check_answer_shapes(model: nn.Module, example_inputs: Tensor, expected: list[tuple[int, ...]]) -> None:

@@ -444,10 +444,9 @@ def is_attention(module: nn.Module) -> bool:
 def _kept_by_default(model: nn.Module, attention: list[str]) -> list[str]:
     """The classifier (the last linear or convolution, whose outputs are the logits), token embeddings (their width
     is the residual stream's) and the projections and convolutions inside the ``attention`` modules that are not
-    timm's ViT attention: such layers split and merge heads (and reduce
-    tokens, as PVT's ``sr``; mix heads, as CaiT's talking heads) by reshapes that take sizes from their inputs or
-    attributes, which the dependency graph cannot follow (CoAtNet's ``Attention2d`` makes it enumerate indices
-    until memory runs out)."""
+    timm's ViT attention: such layers split and merge heads (and reduce tokens, as PVT's ``sr``; mix heads, as
+    CaiT's talking heads) by reshapes that take sizes from their inputs or attributes, which the dependency graph
+    cannot follow (CoAtNet's ``Attention2d`` makes it enumerate indices until memory runs out)."""
     modules = dict(model.named_modules())
     classifier = [name for name, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     if not classifier:

@@ -8,13 +8,14 @@ fine-tuning and evaluation take whatever the user has.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -42,6 +43,12 @@ def logits_of(output: Any) -> Tensor:
         f"cannot find logits in a model output of type {type(output).__name__}: metaprune needs a model that returns "
         "logits (a classifier, or a causal LM with its head)"
     )
+
+
+def output_tensors(output: Any) -> list[Tensor]:
+    """Every tensor a forward pass returns: the tensor itself, a tuple's, or a Hugging Face output's fields."""
+    leaves = tree_leaves(dict(output) if isinstance(output, Mapping) else output)
+    return [leaf for leaf in leaves if isinstance(leaf, Tensor)]
 
 
 def task_loss(task: Task, logits: Tensor, targets: Tensor) -> Tensor:

@@ -24,29 +24,29 @@ layers can be kept whole.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from .conv1d import is_conv1d
+from .task import output_tensors
 
 _SWAPS = {"transpose", "swapaxes", "swapdims"}
-_FEATURES_FIRST = {"conv1d", "conv2d", "conv3d", "batch_norm", "group_norm", "instance_norm"}
+_CONVOLUTIONS = {"conv1d", "conv2d", "conv3d"}
+_FEATURES_FIRST = _CONVOLUTIONS | {"batch_norm", "group_norm", "instance_norm"}
 _SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}
 _RESHAPES = {"view", "reshape", "pad", "__getitem__"}
 _ATTENTION = {"softmax", "scaled_dot_product_attention"}
-_CONVOLUTIONS = {"conv1d", "conv2d", "conv3d"}
 
 
 class _FeatureAxes(TorchFunctionMode):
-    """Tracks the feature axis of every tensor of one forward pass (where it is known) and records the linear
-    layers whose input has its features on an axis other than the last."""
+    """Tracks the feature axis and the feature space of every tensor of one forward pass (where they are known)
+    and records what the dependency graph would read wrongly (see the module's docstring)."""
 
     def __init__(self, weights: dict[int, str], writers: dict[int, str], with_layers: set[str]) -> None:
         super().__init__()
@@ -242,7 +242,7 @@ def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
 def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
     """One forward pass of ``example_inputs`` in eval mode without gradients, the feature axes followed."""
     layers = {name: m for name, m in model.named_modules() if is_layer(m)}
-    with_layers = {name for name, m in model.named_modules() if any(sub in layers.values() for sub in m.modules())}
+    with_layers = {name for name, m in model.named_modules() if any(is_layer(sub) for sub in m.modules())}
     mode = _FeatureAxes(
         {id(m.weight): name for name, m in layers.items() if isinstance(m, nn.Linear)},
         {id(m.weight): name for name, m in layers.items()},
@@ -254,7 +254,7 @@ def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
     try:
         with torch.no_grad(), mode:
             output = model(example_inputs)
-        for tensor in tree_leaves(dict(output) if isinstance(output, Mapping) else output):
+        for tensor in output_tensors(output):
             mode.spaces.keep(tensor)  # the answer's width is the user's: its writers (the classifiers) stay whole
     finally:
         model.train(was_training)

@@ -29,6 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         (["--benchmark", "split", "--num-tasks", "6"], "--num-tasks"),
         (["--method", "hypernet-logah", "--target", "cnn"], "--target"),
         (["--target", "resnet"], "--target"),
+        (["--negatives", "blur"], "--negatives"),
+        (["--method", "ewc", "--negatives", "patches"], "--negatives"),
+        (["--outlier-weight", "-1"], "--outlier-weight"),
     ],
 )
 def test_bad_input_is_exit_2_with_one_line(tmp_path, capsys, args: list[str], culprit: str) -> None:

@@ -156,21 +156,6 @@ def test_experiment_checks_the_option() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("args", "culprit"),
-    [
-        (["--negatives", "blur"], "--negatives"),
-        (["--method", "ewc", "--negatives", "patches"], "--negatives"),
-        (["--outlier-weight", "-1"], "--outlier-weight"),
-    ],
-)
-def test_cli_refuses_bad_outlier_options(tmp_path, capsys, args: list[str], culprit: str) -> None:
-    assert main(["continual", *args, "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and culprit in err
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_cli_runs_and_names_outlier_exposure(one_thread, capsys) -> None:
     argv = ["continual", "--method", "hypernet,separate", "--setting", "class", "--negatives", "splice"]
     assert main([*argv, "--seeds", "0", "--steps", "3", "--num-tasks", "2"]) == 0

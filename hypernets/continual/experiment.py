@@ -252,8 +252,7 @@ def print_task_progress(num_tasks: int) -> Callable[[dict], None]:
 def parser(defaults: Experiment, description: str | None = None) -> argparse.ArgumentParser:
     """Command-line flags for every :class:`Experiment` field but ``benchmark``, with ``defaults`` as defaults."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = {"setting": SETTINGS, "method": METHODS, "hypernet": HYPERNETS, "target": TARGETS}
-    choices["negatives"] = NEGATIVES
+    choices = {"setting": SETTINGS, "method": METHODS, "hypernet": HYPERNETS, "target": TARGETS, "negatives": NEGATIVES}
     for field in fields(Experiment):
         if field.name == "benchmark":
             continue
