@@ -23,8 +23,8 @@ from .conv1d import Magnitude, customized_pruners, pruner_options
 from .copying import copy_model
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
-from .token_mixing import is_layer, misreadings
-from .tp_quirks import map_chunks, quiet_unwrapped_parameters, refresh_split_offsets
+from .token_mixing import Misreadings, is_layer, misreadings
+from .tp_quirks import map_chunks, quirks_handled, refresh_split_offsets
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
@@ -191,7 +191,7 @@ def prune(
                 param_ratio is None or base_params >= param_ratio * params
             )
 
-        with torch.random.fork_rng(devices=[]), torch.enable_grad(), quiet_unwrapped_parameters():
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), quirks_handled():
             torch.manual_seed(seed)
             if head_ratio > 0:
                 _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
@@ -290,7 +290,7 @@ def sparse_regularizer(
         FloatingPointError: the regularized gradient holds NaN or infinity, naming the parameter.
     """
     was_training = model.training
-    with torch.enable_grad(), _without_cache(model), quiet_unwrapped_parameters():
+    with torch.enable_grad(), _without_cache(model), quirks_handled():
         ignored, chunked = _layers(model, model, example_inputs, ignored_layers)
         pruner = tp.pruner.GroupNormPruner(
             model,
@@ -441,12 +441,13 @@ def is_attention(module: nn.Module) -> bool:
     )
 
 
-def _kept_by_default(model: nn.Module, attention: list[str]) -> list[str]:
+def _kept_by_default(model: nn.Module, misread: Misreadings) -> list[str]:
     """The classifier (the last linear or convolution, whose outputs are the logits), token embeddings (their width
-    is the residual stream's) and the projections and convolutions inside the ``attention`` modules that are not
-    timm's ViT attention: such layers split and merge heads (and reduce tokens, as PVT's ``sr``; mix heads, as
-    CaiT's talking heads) by reshapes that take sizes from their inputs or attributes, which the dependency graph
-    cannot follow (CoAtNet's ``Attention2d`` makes it enumerate indices until memory runs out)."""
+    is the residual stream's) and the projections and convolutions inside the attention modules that are not timm's
+    ViT attention over the tokens they are given: such layers split and merge heads (and reduce tokens, as PVT's
+    ``sr``; mix heads, as CaiT's talking heads; attend across each head's channels, as XCiT's and EdgeNeXt's
+    cross-covariance attention) in ways the dependency graph cannot follow (CoAtNet's ``Attention2d`` makes it
+    enumerate indices until memory runs out)."""
     modules = dict(model.named_modules())
     classifier = [name for name, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     if not classifier:
@@ -454,8 +455,8 @@ def _kept_by_default(model: nn.Module, attention: list[str]) -> list[str]:
     embeddings = [name for name, module in modules.items() if isinstance(module, nn.Embedding)]
     return [classifier[-1], *embeddings] + [
         f"{name}.{child}"
-        for name in attention
-        if not is_attention(modules[name])
+        for name in misread.attention
+        if not is_attention(modules[name]) or name in misread.attention_off_tokens
         for child, m in modules[name].named_modules()
         if is_layer(m)
     ]
@@ -476,7 +477,7 @@ def _layers(
     :mod:`metaprune.token_mixing`)."""
     misread = misreadings(original, example_inputs)
     if layers is None:
-        layers = _kept_by_default(original, misread.attention)
+        layers = _kept_by_default(original, misread)
     ignored = [m for names in (layers, misread.kept, list(keep)) for m in _resolve_layers(original, target, names)]
     fused = _resolve_layers(original, target, list(misread.chunked))
     return ignored, dict(zip(fused, misread.chunked.values(), strict=True))

@@ -42,6 +42,7 @@ _FEATURES_FIRST = _CONVOLUTIONS | {"batch_norm", "group_norm", "instance_norm"}
 _SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}
 _RESHAPES = {"view", "reshape", "pad", "__getitem__"}
 _ATTENTION = {"softmax", "scaled_dot_product_attention"}
+_CONCATENATIONS = {"cat", "concat", "concatenate"}
 
 
 class _FeatureAxes(TorchFunctionMode):
@@ -62,15 +63,18 @@ class _FeatureAxes(TorchFunctionMode):
         self.running: list[str] = []  # the modules whose forward is running, outermost first (the root not)
         self.producers: dict[int, str] = {}  # id of a module's output -> the innermost module that returned it
         self.read_outside: set[str] = set()  # modules producing the input of a Linear read outside its forward
-        self.attention: set[str] = set()  # the innermost modules with layers in which a softmax over tokens runs
+        self.attention: set[str] = set()  # the innermost modules with layers in which a softmax (or SDPA) runs
+        self.off_tokens: set[str] = set()  # those of them normalizing over another length than their input's tokens
+        self.tokens: dict[str, int] = {}  # a module's name -> the tokens of its input (``[..., tokens, features]``)
         self.multiplied: set[str] = set()  # grouped convolutions with a channel multiplier
+        self.shuffled: dict[int, Tensor] = {}  # id of a channel shuffle's intermediate -> the map it shuffles
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         if name in _ATTENTION:
-            self._note_attention()
+            self._note_attention(name, args, kwargs)
         if name in _SPLITS and args and self._axis(args[0]) is not None:
             self._check_split(args, kwargs, out)
         if name == "linear":
@@ -82,40 +86,78 @@ class _FeatureAxes(TorchFunctionMode):
                     if id(args[0]) in self.producers:
                         self.read_outside.add(self.producers[id(args[0])])
         if name in _CONVOLUTIONS:
-            self._check_groups(
-                *_dims(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"))
-            )
+            self._check_groups(args[0], args[1], _groups(args, kwargs))
         if isinstance(out, Tensor):
             axis = self._output_axis(name, args, kwargs, out)
             if axis is not None and 0 <= axis < out.dim():
                 self.axes[id(out)] = axis
                 self.alive.append(out)
-                self._follow_space(name, args, out)
+                self._follow_space(name, args, kwargs, out)
+            self._follow_shuffle(name, args, out)
         return out
 
-    def _follow_space(self, name: str, args: tuple, out: Tensor) -> None:
+    def enter(self, module: str, args: tuple) -> None:
+        """``module``'s forward starts with ``args``: a ``[..., tokens, features]`` input has its tokens noted."""
+        self.running.append(module)
+        source = args[0] if args else None
+        if isinstance(source, Tensor) and source.dim() >= 3 and self._axis(source) == source.dim() - 1:
+            self.tokens[module] = source.shape[-2]
+
+    def _follow_shuffle(self, name: str, args: tuple, out: Tensor) -> None:
+        """ShuffleNet's channel shuffle: a ``[batch, channels, height, width]`` map viewed as ``[batch, groups,
+        channels / groups, height, width]``, transposed and viewed back. The dependency graph cannot follow the
+        regrouped channels, so their space stays whole, and the shuffled map is in the same space."""
+        source = args[0] if args else None
+        if name in _RESHAPES and _splits_channels(source, self._axis(source), out):
+            self.spaces.keep(source)
+            self.shuffled[id(out)] = source
+        elif isinstance(source, Tensor) and id(source) in self.shuffled:
+            original = self.shuffled[id(source)]
+            if out.shape == original.shape:
+                self.axes[id(out)] = self._axis(original)
+                self.spaces.join(out, [original])
+            else:
+                self.shuffled[id(out)] = original
+        else:
+            return
+        self.alive.append(out)
+
+    def _follow_space(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> None:
         """The feature space of ``out``: a layer's own when a Linear or convolution wrote it, else that of the inputs
         it came from (all one space, when an elementwise op joins them: a residual addition)."""
         weight = args[1] if len(args) > 1 else None
         if (name == "linear" or name in _FEATURES_FIRST) and id(weight) in self.writers:
-            self.spaces.write(out, self.writers[id(weight)])
+            depthwise = name in _CONVOLUTIONS and _groups(args, kwargs) == weight.shape[0] == args[0].shape[1]
+            self.spaces.write(out, self.writers[id(weight)], into=args[0] if depthwise else None)
             return
-        same = [a for a in args if self._axis(a) is not None and (a.shape == out.shape or a is args[0])]
+        if name in _CONCATENATIONS:
+            same = [a for a in args[0] if self._axis(a) is not None]
+        else:
+            same = [a for a in args if self._axis(a) is not None and (a.shape == out.shape or a is args[0])]
         self.spaces.join(out, same)
 
-    def _check_groups(self, source: Tensor, weight: Tensor, *args: Any) -> None:
+    def _check_groups(self, source: Tensor, weight: Tensor, groups: int) -> None:
         """A grouped convolution whose groups each make more channels than they read (FastViT's ``conv_kxk``,
         ``groups = in_channels`` and twice as many out): the dependency graph maps its input channels one to one
         onto its outputs, so the features it reads stay whole."""
-        groups = args[-1] or 1
         if groups > 1 and weight.shape[0] != source.shape[1] and id(weight) in self.writers:
             self.multiplied.add(self.writers[id(weight)])
             self.spaces.keep(source)
 
-    def _note_attention(self) -> None:
-        owner = next((name for name in reversed(self.running) if name in self.with_layers), None)
-        if owner is not None:
-            self.attention.add(owner)
+    def _note_attention(self, name: str, args: tuple, kwargs: dict) -> None:
+        """Note the attention module running; and whether it attends over something else than the tokens it was
+        given (XCiT's cross-covariance attention normalizes over each head's channels)."""
+        owner = next((module for module in reversed(self.running) if module in self.with_layers), None)
+        if owner is None:
+            return
+        self.attention.add(owner)
+        if name == "softmax":
+            source, dim = _dims(args, kwargs, ("input", "dim"))
+            length = source.shape[-1 if dim is None else dim]
+        else:
+            length = _dims(args, kwargs, ("query", "key"))[1].shape[-2]
+        if owner in self.tokens and length != self.tokens[owner]:
+            self.off_tokens.add(owner)
 
     def _check_split(self, args: tuple, kwargs: dict, parts: tuple[Tensor, ...]) -> None:
         """A split along the features: a fused Linear's chunks (see the module's docstring), or, of any other
@@ -136,6 +178,8 @@ class _FeatureAxes(TorchFunctionMode):
         return self.axes.get(id(tensor)) if isinstance(tensor, Tensor) else None
 
     def _output_axis(self, name: str, args: tuple, kwargs: dict, out: Tensor) -> int | None:
+        if name in _CONCATENATIONS:
+            return next((self._axis(a) for a in args[0] if self._axis(a) is not None), None)
         source = args[0] if args else None
         axis = self._axis(source)
         if name == "linear":
@@ -163,6 +207,25 @@ class _FeatureAxes(TorchFunctionMode):
         return axis if out.shape == source.shape else None  # elementwise; any other op loses the axis
 
 
+def _splits_channels(source: Tensor, axis: int | None, out: Any) -> bool:
+    """``out`` is a channels-first map ``source`` (``[batch, channels, *spatial]``) with its channel axis split in
+    two and every other axis as it was: the first step of a channel shuffle."""
+    return (
+        axis == 1
+        and isinstance(out, Tensor)
+        and source.dim() >= 3
+        and out.dim() == source.dim() + 1
+        and out.shape[0] == source.shape[0]
+        and out.shape[1] * out.shape[2] == source.shape[1]
+        and out.shape[3:] == source.shape[2:]
+    )
+
+
+def _groups(args: tuple, kwargs: dict) -> int:
+    """The ``groups`` of a convolution call."""
+    return _dims(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"))[-1] or 1
+
+
 def _dims(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple[int, ...] = ()) -> list[int]:
     """The dimension arguments ``names`` of a call, given by position, keyword or default."""
     defaults = defaults or (None,) * len(names)
@@ -179,8 +242,11 @@ class _FeatureSpaces:
         self.written: dict[str, Hashable] = {}  # a layer's name -> the space its outputs start
         self.kept: list[Hashable] = []
 
-    def write(self, out: Tensor, layer: str) -> None:
-        self.of[id(out)] = self.written.setdefault(layer, ("written by", layer))
+    def write(self, out: Tensor, layer: str, into: Tensor | None = None) -> None:
+        """``layer`` wrote ``out``: into a space of its own, or into the space of ``into`` (a depthwise convolution's
+        input, whose channels the dependency graph ties one to one to its outputs)."""
+        space = self.of.get(id(into), ("written by", layer))
+        self.of[id(out)] = self.written.setdefault(layer, space)
 
     def join(self, out: Tensor, sources: list[Tensor]) -> None:
         spaces = [self.of[id(t)] for t in sources if id(t) in self.of]
@@ -217,6 +283,7 @@ class Misreadings:
     multiplied: list[str]  # grouped convolutions whose groups make more channels than they read: kept whole
     stream_writers: list[str]  # layers writing into a space either of the above or the output reads: kept whole
     attention: list[str]  # the innermost modules holding layers in whose forward a softmax (or SDPA) runs
+    attention_off_tokens: list[str]  # those of them normalizing over another length than the tokens they are given
 
     @property
     def kept(self) -> list[str]:
@@ -236,6 +303,7 @@ def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
         multiplied=_named(model, mode.multiplied),
         stream_writers=_named(model, mode.spaces.writers_of_kept()),
         attention=_named(model, mode.attention),
+        attention_off_tokens=_named(model, mode.off_tokens),
     )
 
 
@@ -279,7 +347,7 @@ def _record(mode: _FeatureAxes, name: str, module: nn.Module) -> list[RemovableH
             mode.alive.append(output)
 
     return [
-        module.register_forward_pre_hook(lambda module, args: mode.running.append(name)),
+        module.register_forward_pre_hook(lambda module, args: mode.enter(name, args)),
         module.register_forward_hook(after),
     ]
 

@@ -4,10 +4,18 @@
   on the split, so the next step of progressive pruning would cut chunks at the dense offsets (fused gated MLPs).
 - ``map_chunks``: it turns off the index mapping of every split downstream of a 3-d parameter it does not know (a
   ViT's ``pos_embed``), meant for the class token's concatenation; a fused linear's split is on its features.
-- ``quiet_unwrapped_parameters``: it warns, on every graph it builds, about each parameter no module of a type it
-  knows owns (a ViT's ``cls_token`` and ``pos_embed``), telling the caller to pass ``unwrapped_parameters``; a
-  metaprune user has no such option, and a model that such a parameter breaks is caught by the pruned model's
-  checks, so the warning is kept out of their logs.
+- ``quirks_handled``, around everything that builds or walks its graph:
+  - it warns, on every graph it builds, about each parameter no module of a type it knows owns (a ViT's
+    ``cls_token`` and ``pos_embed``), telling the caller to pass ``unwrapped_parameters``; a metaprune user has no
+    such option, and a model that such a parameter breaks is caught by the pruned model's checks, so the warning
+    is kept out of their logs;
+  - it divides by the width it infers after a reshape, which is 0 where it cannot follow the channels
+    (ShuffleNet's shuffle feeding a split): such a reshape gets no index mapping instead of a
+    ``ZeroDivisionError``; its channels are kept whole (``metaprune.token_mixing``);
+  - it cuts a convolution's weight and bias, but not the other parameters a subclass keeps per output channel (the
+    gain of NFNet's weight-standardized convolutions): those lose the same channels;
+  - it reads every 5-d ``expand`` as grouped-query attention's repeated heads, and divides by the repeat, which is 0
+    where the expand repeats no channels (GC ViT's global query): such an expand gets no mapping.
 """
 
 from __future__ import annotations
@@ -15,19 +23,21 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping
 
-__all__ = ["map_chunks", "quiet_unwrapped_parameters", "refresh_split_offsets"]
+__all__ = ["map_chunks", "quirks_handled", "refresh_split_offsets"]
 
 
 def refresh_split_offsets(graph: tp.DependencyGraph) -> None:
     """Move the offsets of every split in ``graph`` to its pruned sizes."""
     for node in graph.module2node.values():
-        if node.type == tp.ops.OPTYPE.SPLIT and node.module.split_sizes is not None:
-            node.module.offsets = [0, *itertools.accumulate(node.module.split_sizes)]
+        sizes = node.module.split_sizes if node.type == tp.ops.OPTYPE.SPLIT else None
+        if sizes is not None and None not in sizes:  # sizes it could not infer: channels kept whole
+            node.module.offsets = [0, *itertools.accumulate(sizes)]
 
 
 def map_chunks(graph: tp.DependencyGraph, chunked: dict[nn.Module, int]) -> None:
@@ -38,8 +48,56 @@ def map_chunks(graph: tp.DependencyGraph, chunked: dict[nn.Module, int]) -> None
 
 
 @contextmanager
-def quiet_unwrapped_parameters() -> Iterator[None]:
-    """Within, Torch-Pruning's warning about parameters outside the modules it knows is not shown."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        yield
+def quirks_handled() -> Iterator[None]:
+    """Within, Torch-Pruning's graph and pruning functions have the workarounds the module's docstring lists."""
+    reshape_mapping = index_mapping.update_reshape_index_mapping
+    expand_mapping = index_mapping.update_expand_index_mapping
+
+    def guarded_reshape(graph: tp.DependencyGraph, node: tp.Node) -> None:
+        with suppress(ZeroDivisionError):  # a width inferred as 0: no mapping, and the channels are kept whole
+            reshape_mapping(graph, node)
+
+    def guarded_expand(graph: tp.DependencyGraph, node: tp.Node) -> None:
+        expand_mapping(graph, node)
+        _drop_empty_repeats(node)
+
+    def prune_out_channels(pruner: tp.pruner.function.ConvPruner, layer: nn.Module, idxs: list[int]) -> nn.Module:
+        kept = sorted(set(range(layer.out_channels)) - set(idxs))
+        for name, parameter in _channel_parameters(layer):
+            setattr(layer, name, pruner._prune_parameter_and_grad(parameter, kept, 0))
+        return conv_out_channels(pruner, layer, idxs)
+
+    conv_pruner = tp.pruner.function.ConvPruner
+    conv_out_channels = conv_pruner.prune_out_channels
+    index_mapping.update_reshape_index_mapping = guarded_reshape
+    index_mapping.update_expand_index_mapping = guarded_expand
+    conv_pruner.prune_out_channels = prune_out_channels
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            yield
+    finally:
+        index_mapping.update_reshape_index_mapping = reshape_mapping
+        index_mapping.update_expand_index_mapping = expand_mapping
+        conv_pruner.prune_out_channels = conv_out_channels
+
+
+def _channel_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """A convolution's own parameters beside its weight and bias with one entry per output channel (the gain of
+    NFNet's ``ScaledStdConv2d``)."""
+    return [
+        (name, parameter)
+        for name, parameter in layer.named_parameters(recurse=False)
+        if name not in ("weight", "bias") and parameter.dim() > 0 and parameter.shape[0] == layer.out_channels
+    ]
+
+
+def _drop_empty_repeats(node: tp.Node) -> None:
+    """Remove the grouped-query mappings that Torch-Pruning gives every 5-d ``expand`` (Hugging Face's repeated
+    key/value heads) where the expand repeats no channels (GC ViT's global query, expanded over windows): their
+    repeat is 0, and mapping an index through them divides by it."""
+    dependencies = [*node.dependencies, *(d for source in node.inputs for d in source.dependencies if d.target == node)]
+    for dependency in dependencies:
+        mapping = dependency.index_mapping[0]
+        if isinstance(mapping, index_mapping._GQAIndexMapping) and mapping.repeat < 1:
+            dependency.index_mapping[0] = tp.dependency.constants.INDEX_MAPPING_PLACEHOLDER

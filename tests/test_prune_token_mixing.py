@@ -7,14 +7,18 @@ import copy
 import pytest
 import torch
 from timm.models.mlp_mixer import MlpMixer
+from timm.models.xcit import XCA
 from torch import nn
+from torchvision.models.shufflenetv2 import ShuffleNetV2
 
 from metaprune.consistency import PrunedModelBrokenError
 from metaprune.prune import prune
 from metaprune.token_mixing import Misreadings, misreadings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-_NOTHING_MISREAD = Misreadings([], {}, [], read_outside=[], multiplied=[], stream_writers=[], attention=[])
+_NOTHING_MISREAD = Misreadings(
+    [], {}, [], read_outside=[], multiplied=[], stream_writers=[], attention=[], attention_off_tokens=[]
+)
 
 
 def _blind(monkeypatch) -> None:
@@ -239,12 +243,40 @@ def test_attention_is_found_by_its_softmax_and_only_plain_vit_attention_is_cut_a
     x = torch.randn(1, 5, 4)
     model = _Blocks().eval()
     assert misreadings(model, x).attention == ["mixer", "heads"]
+    assert misreadings(model, x).attention_off_tokens == []
     assert not is_attention(model.heads)  # proj_l mixes heads: not the ViT attention whose heads are registered
     pruned = prune(model, x, speedup=1.2).model
     kept = ["mixer.q", "mixer.k", "mixer.v", "mixer.out", "heads.qkv", "heads.proj", "heads.proj_l"]
     assert all(
         dict(pruned.named_modules())[name].weight.shape == model.get_submodule(name).weight.shape for name in kept
     )
+    assert pruned.fc1.out_features < 32
+    assert pruned(x).shape == (1, 5, 3)
+
+
+class _CrossCovariance(nn.Module):
+    """timm's XCiT attention (EdgeNeXt's too) between a token embedding and an MLP: its softmax runs over each
+    head's channels, so its heads cannot be cut apart as a ViT's are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.xca = nn.Linear(4, 16), XCA(16, num_heads=2)
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.xca(h)
+        return self.head(h + self.fc2(self.fc1(h).relu()))
+
+
+def test_cross_covariance_attention_is_kept_whole() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 4)
+    model = _CrossCovariance().eval()
+    found = misreadings(model, x)  # its softmax is over the 8 channels of each head, not the 5 tokens
+    assert (found.attention, found.attention_off_tokens) == (["xca"], ["xca"])
+    pruned = prune(model, x, speedup=1.2).model
+    assert (pruned.xca.qkv.weight.shape, pruned.xca.proj.weight.shape) == ((48, 16), (16, 16))
     assert pruned.fc1.out_features < 32
     assert pruned(x).shape == (1, 5, 3)
 
@@ -298,3 +330,33 @@ def test_the_layers_writing_the_output_keep_its_width_wherever_they_are_register
     _blind(monkeypatch)  # the last registered linear kept whole instead: the head loses classes, and is refused
     with pytest.raises(PrunedModelBrokenError, match=r"answers in shapes \[\(1, [12]\)\], not \[\(1, 3\)\]"):
         prune(model, x, speedup=1.2)
+
+
+def test_shufflenet_prunes_inside_its_branches_and_keeps_the_shuffled_channels_whole() -> None:
+    """The channel shuffle regroups channels in a way Torch-Pruning's graph cannot follow (it divided by zero): its
+    channels stay whole, and pruning the rest equals the dense model with the removed channels' norms zeroed."""
+    torch.manual_seed(0)
+    model = ShuffleNetV2([2, 1, 1], [8, 16, 32, 64, 64], num_classes=3).eval()
+    with torch.no_grad():
+        for norm in _norms(model):  # distinct values, so that each kept channel is found by its norm's weight
+            norm.weight.uniform_(0.5, 1.5), norm.bias.normal_(), norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 32, 32)
+    found = misreadings(model, x)
+    assert {"stage2.0.branch1.2", "stage2.0.branch2.5", "stage2.1.branch2.5", "stage3.0.branch1.0"} <= set(found.kept)
+    assert not {"conv1.0", "stage2.0.branch2.0", "stage2.0.branch2.3"} & set(found.kept)
+    result = prune(model, x, speedup=1.3)
+    assert result.speedup >= 1.3
+    zeroed = copy.deepcopy(model)
+    pairs = zip(_norms(zeroed), _norms(result.model), strict=True)
+    with torch.no_grad():
+        for norm, pruned in pairs:
+            removed = [i for i, w in enumerate(norm.weight) if not (pruned.weight == w).any()]
+            assert len(norm.weight) - len(removed) == len(pruned.weight)
+            norm.weight[removed], norm.bias[removed] = 0, 0
+    assert result.model.stage2[0].branch2[0].out_channels < 8
+    torch.testing.assert_close(result.model(x), zeroed(x))
+
+
+def _norms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
