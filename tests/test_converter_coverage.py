@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from test_neuron_graph import _assert_permuted, _nodes_of, _sigma
+from timm.models.metaformer import StarReLU
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
 from torchvision.models.shufflenetv2 import ShuffleNetV2
@@ -989,6 +990,32 @@ MIXER_INPUT = (1, 3, 16, 16)
 @pytest.mark.parametrize("block", ["mixer", "resmlp", "gmlp"])
 def test_token_mixing_round_trip_is_exact(block: str) -> None:
     _assert_round_trip(_mixer(block), MIXER_INPUT)
+
+
+class _StarMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.act = StarReLU(scale_value=0.8, bias_value=-0.3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_a_scalar_scale_or_shift_of_every_feature_is_one_node_feeding_them_all() -> None:
+    """CAFormer's StarReLU, ``s * relu(x) ** 2 + b`` with scalars ``s`` and ``b``: the power is an activation, and
+    each scalar sits on a node of its own with an identity edge to each of the 6 features it scales or shifts."""
+    graph = _assert_round_trip(_StarMLP(), (1, 4))
+    features = _neurons(graph, "fc1.weight")  # relu and the power pass them through
+    src, dst = graph.edge_index
+    for name, value in (("act.scale", 0.8), ("act.bias", -0.3)):
+        (node,) = _nodes_of(graph, name)
+        assert graph.node_type[node] == NODE_TYPES.index("token")
+        assert graph.x[node].abs().max().item() == pytest.approx(abs(value)), name
+        fed = dst[src == node]  # the scaled (shifted) features, each also fed by the feature it comes from
+        assert len(fed.unique()) == 6
+        assert set(src[torch.isin(dst, fed) & (src != node)].tolist()) == set(features.tolist()), name
+        features = fed
 
 
 def test_mixer_token_mlp_lives_in_a_token_space_of_its_own() -> None:

@@ -599,12 +599,18 @@ class _Builder:
         self._elementwise(op, "scale", _WEIGHT)
 
     def _parameter_operand(self, op: Op, name: str, out: Tensor, slot: int) -> None:
-        """A parameter added to or multiplying ``out``: one value per neuron when it is a vector, else one
-        token node per other position with weight edges to the neurons (ViT ``pos_embed``, register tokens,
-        relative position bias tables (positions, heads), or (heads, positions) as LeViT's)."""
+        """A parameter added to or multiplying ``out``: one value per neuron when it is a vector, one node
+        feeding them all when it is a scalar (StarReLU's), else one token node per other position with weight
+        edges to the neurons (ViT ``pos_embed``, register tokens, relative position bias tables (positions,
+        heads), or (heads, positions) as LeViT's)."""
         value = self.state[name]
         if value.numel() == len(out):
             self.set_values(name, out, slot)
+            return
+        if value.numel() == 1:
+            carrier = self.new_nodes(1, "token")
+            self.set_values(name, carrier, slot)
+            self.identity(carrier.expand(len(out)), out)
             return
         if value.numel() % len(out):
             self._unsupported(op, f"parameter '{name}' of {tuple(value.shape)} on {len(out)} features")

@@ -55,6 +55,7 @@ _METADATA = frozenset(
     }
 )  # fmt: skip
 _MATMULS = frozenset({"matmul", "mm", "bmm", "__matmul__", "__rmatmul__"})
+_POWERS = frozenset({"pow", "__pow__", "square"})
 # Pass-through calls that may swap the two axes of a matrix (``W.T``, ``W.transpose(0, 1)``, ...).
 _TRANSPOSES = frozenset({"t", "T", "mT", "transpose", "swapaxes", "swapdims", "permute", "movedim"})
 # Python-level torch functions that dispatch to a mode as one call but are built from vocabulary ops:
@@ -354,6 +355,8 @@ class _Recorder(TorchFunctionMode):
     def _kind(self, name: str, sources: list[tuple[str, torch.Tensor, tuple[str, Any]]]) -> str:
         if name in _MATMULS and any(tag[0] == _PARAM for _, _, tag in sources):
             return "linear"
+        if name in _POWERS and len(sources) == 1 and sources[0][2][0] != _PARAM:
+            return "activation"  # a constant power of one activation (StarReLU's squared ReLU)
         return FUNCTION_KINDS.get(name, "other")
 
     # -- building ops ---------------------------------------------------------------------------

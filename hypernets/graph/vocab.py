@@ -26,11 +26,11 @@ OP_KINDS: tuple[str, ...] = (
     "silu",
     "tanh",
     "sigmoid",
-    "activation",  # any other pointwise nonlinearity
+    "activation",  # any other pointwise nonlinearity (a constant power of an activation too)
     "max_pool",
     "avg_pool",
     "mean",  # reductions over tokens or positions (global average pooling)
-    "other",  # any other computation on activations (rotary embeddings, pow, exp, where, ...)
+    "other",  # any other computation on activations (rotary embeddings, exp, where, ...)
 )
 OP_INDEX: dict[str, int] = {kind: i for i, kind in enumerate(OP_KINDS)}
 
