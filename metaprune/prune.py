@@ -430,12 +430,14 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def is_attention(module: nn.Module) -> bool:
-    """timm-style attention: a fused ``qkv`` Linear split into ``num_heads`` heads of ``head_dim`` channels,
-    merged back by a ``proj`` Linear."""
+    """timm-style attention: a fused ``qkv`` Linear split into queries, keys and values of one width, each in
+    ``num_heads`` heads, the values merged back by a ``proj`` Linear (not EfficientFormer's, whose values are
+    wider than its keys)."""
     qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
     return (
         isinstance(qkv, nn.Linear)
         and isinstance(proj, nn.Linear)
+        and qkv.out_features == 3 * proj.in_features
         and isinstance(getattr(module, "num_heads", None), int)
         and all(m is qkv or m is proj for m in module.modules() if is_layer(m))
     )

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from timm.models.efficientformer import EfficientFormer
 from timm.models.mlp_mixer import MlpMixer
 from timm.models.xcit import XCA
 from torch import nn
@@ -279,6 +280,19 @@ def test_cross_covariance_attention_is_kept_whole() -> None:
     assert (pruned.xca.qkv.weight.shape, pruned.xca.proj.weight.shape) == ((48, 16), (16, 16))
     assert pruned.fc1.out_features < 32
     assert pruned(x).shape == (1, 5, 3)
+
+
+def test_attention_with_values_wider_than_its_keys_is_kept_whole() -> None:
+    """EfficientFormer's attention fuses keys of 32 channels and values of 128 per head into one ``qkv``: not the
+    equal thirds of a ViT's, so its heads are not cut apart (Torch-Pruning indexed past its scores)."""
+    torch.manual_seed(0)
+    model = EfficientFormer(depths=(1, 1, 1, 2), embed_dims=(16, 16, 32, 32), num_vit=1, num_classes=3).eval()
+    x = torch.randn(1, 3, 224, 224)  # its attention biases are sized for 224 x 224 images
+    result = prune(model, x, speedup=1.3)
+    attention, dense = result.model.stages[3].blocks[-1].token_mixer, model.stages[3].blocks[-1].token_mixer
+    assert (attention.qkv.weight.shape, attention.proj.weight.shape) == ((1536, 32), (32, 1024))
+    assert torch.equal(attention.qkv.weight, dense.qkv.weight)
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
 
 
 class _Res2Block(nn.Module):
