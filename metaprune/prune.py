@@ -443,24 +443,24 @@ def is_attention(module: nn.Module) -> bool:
     )
 
 
-def _kept_by_default(model: nn.Module, misread: Misreadings) -> list[str]:
+def _kept_by_default(model: nn.Module, misread: Misreadings) -> list[nn.Module | str]:
     """The classifier (the last linear or convolution, whose outputs are the logits), token embeddings (their width
     is the residual stream's) and the projections and convolutions inside the attention modules that are not timm's
-    ViT attention over the tokens they are given: such layers split and merge heads (and reduce tokens, as PVT's
-    ``sr``; mix heads, as CaiT's talking heads; attend across each head's channels, as XCiT's and EdgeNeXt's
-    cross-covariance attention) in ways the dependency graph cannot follow (CoAtNet's ``Attention2d`` makes it
-    enumerate indices until memory runs out)."""
+    ViT attention (see :func:`metaprune.token_mixing.misreadings`): such layers split and merge heads (and reduce
+    tokens, as PVT's ``sr``; mix heads, as CaiT's talking heads; attend across each head's channels, as XCiT's and
+    EdgeNeXt's cross-covariance attention; interleave queries, keys and values per head, as TinyViT's) in ways the
+    dependency graph cannot follow (CoAtNet's ``Attention2d`` makes it enumerate indices until memory runs out)."""
     modules = dict(model.named_modules())
     classifier = [name for name, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     if not classifier:
         raise ValueError("found no Linear or convolution to keep as the classifier; pass ignored_layers")
     embeddings = [name for name, module in modules.items() if isinstance(module, nn.Embedding)]
     return [classifier[-1], *embeddings] + [
-        f"{name}.{child}"
+        layer  # a module, not a name: it may be registered elsewhere first (CoaT shares its positional encodings)
         for name in misread.attention
-        if not is_attention(modules[name]) or name in misread.attention_off_tokens
-        for child, m in modules[name].named_modules()
-        if is_layer(m)
+        if not is_attention(modules[name]) or name in misread.attention_unlike_vit
+        for layer in modules[name].modules()
+        if is_layer(layer)
     ]
 
 

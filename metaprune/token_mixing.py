@@ -43,6 +43,8 @@ _SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}
 _RESHAPES = {"view", "reshape", "pad", "__getitem__"}
 _ATTENTION = {"softmax", "scaled_dot_product_attention"}
 _CONCATENATIONS = {"cat", "concat", "concatenate"}
+_SLICES = {"__getitem__", "narrow"}
+_PADS_AND_CROPS = _SLICES | {"pad"}
 
 
 class _FeatureAxes(TorchFunctionMode):
@@ -53,6 +55,7 @@ class _FeatureAxes(TorchFunctionMode):
         super().__init__()
         self.weights = weights  # id of a Linear's weight -> the Linear's name
         self.writers = writers  # id of a Linear's or convolution's weight -> its name
+        self.layers = set(writers.values())
         self.with_layers = with_layers  # modules that hold a Linear or convolution (or are one)
         self.spaces = _FeatureSpaces()
         self.axes: dict[int, int] = {}  # id of a tensor -> its feature axis, from the front
@@ -66,6 +69,7 @@ class _FeatureAxes(TorchFunctionMode):
         self.attention: set[str] = set()  # the innermost modules with layers in which a softmax (or SDPA) runs
         self.off_tokens: set[str] = set()  # those of them normalizing over another length than their input's tokens
         self.tokens: dict[str, int] = {}  # a module's name -> the tokens of its input (``[..., tokens, features]``)
+        self.feature_splits: dict[str, tuple[int, ...]] = {}  # a Linear's name -> how its features are first split
         self.multiplied: set[str] = set()  # grouped convolutions with a channel multiplier
         self.shuffled: dict[int, Tensor] = {}  # id of a channel shuffle's intermediate -> the map it shuffles
 
@@ -77,6 +81,10 @@ class _FeatureAxes(TorchFunctionMode):
             self._note_attention(name, args, kwargs)
         if name in _SPLITS and args and self._axis(args[0]) is not None:
             self._check_split(args, kwargs, out)
+        if name in _RESHAPES | {"unflatten"} and args and id(args[0]) in self.outputs and isinstance(out, Tensor):
+            self._note_feature_split(self.outputs[id(args[0])], args[0], out)
+        if name in _SLICES and _slices_features(args[0], self._axis(args[0]), out):
+            self.spaces.keep(args[0])  # DPN's residual and dense paths: channel ranges of one convolution's output
         if name == "linear":
             args = tuple(_dims(args, kwargs, ("input", "weight", "bias")))  # F.linear may take them by keyword
             if id(args[1]) in self.weights and isinstance(out, Tensor):
@@ -87,6 +95,8 @@ class _FeatureAxes(TorchFunctionMode):
                         self.read_outside.add(self.producers[id(args[0])])
         if name in _CONVOLUTIONS:
             self._check_groups(args[0], args[1], _groups(args, kwargs))
+            if id(args[1]) not in self.writers and not (self.running and self.running[-1] in self.layers):
+                self.spaces.keep(args[0])  # a fixed filter outside any layer (TResNet's anti-aliasing BlurPool)
         if isinstance(out, Tensor):
             axis = self._output_axis(name, args, kwargs, out)
             if axis is not None and 0 <= axis < out.dim():
@@ -95,6 +105,13 @@ class _FeatureAxes(TorchFunctionMode):
                 self._follow_space(name, args, kwargs, out)
             self._follow_shuffle(name, args, out)
         return out
+
+    def _note_feature_split(self, linear: str, source: Tensor, out: Tensor) -> None:
+        """The first reshape of ``linear``'s output that splits its features (a ViT's ``qkv`` into
+        ``(3, heads, head_dim)``; TinyViT's into ``(heads, 3 * head_dim)``)."""
+        kept = source.dim() - 1
+        if out.dim() > source.dim() and out.shape[:kept] == source.shape[:kept]:
+            self.feature_splits.setdefault(linear, tuple(out.shape[kept:]))
 
     def enter(self, module: str, args: tuple) -> None:
         """``module``'s forward starts with ``args``: a ``[..., tokens, features]`` input has its tokens noted."""
@@ -204,6 +221,8 @@ class _FeatureAxes(TorchFunctionMode):
             return axis if axis < start else axis - (end - start) if axis > end else None
         if name in _RESHAPES and axis == source.dim() - 1 and out.shape[-1:] == source.shape[-1:]:
             return out.dim() - 1  # tokens regrouped (Swin's windows, a patch merge's strided slices), features last
+        if name in _PADS_AND_CROPS and out.dim() == source.dim() and out.shape[axis] == source.shape[axis]:
+            return axis  # a feature map padded or cropped (BlurPool's reflection padding)
         return axis if out.shape == source.shape else None  # elementwise; any other op loses the axis
 
 
@@ -218,6 +237,17 @@ def _splits_channels(source: Tensor, axis: int | None, out: Any) -> bool:
         and out.shape[0] == source.shape[0]
         and out.shape[1] * out.shape[2] == source.shape[1]
         and out.shape[3:] == source.shape[2:]
+    )
+
+
+def _slices_features(source: Any, axis: int | None, out: Any) -> bool:
+    """``out`` is a range of ``source``'s features and all of its other axes."""
+    return (
+        axis is not None
+        and isinstance(out, Tensor)
+        and out.dim() == source.dim()
+        and out.shape[axis] < source.shape[axis]
+        and all(o == s for i, (o, s) in enumerate(zip(out.shape, source.shape, strict=True)) if i != axis)
     )
 
 
@@ -282,17 +312,30 @@ class Misreadings:
     read_outside: list[str]  # producers of the input of a linear read outside its own forward: kept whole
     multiplied: list[str]  # grouped convolutions whose groups make more channels than they read: kept whole
     stream_writers: list[str]  # layers writing into a space either of the above or the output reads: kept whole
+    recurrent: list[str]  # LSTMs, GRUs and RNNs: Torch-Pruning 1.6 cuts an LSTM's hidden units along the wrong
+    # axes and counts a bidirectional one's outputs once (Sequencer's), so they are kept whole
     attention: list[str]  # the innermost modules holding layers in whose forward a softmax (or SDPA) runs
-    attention_off_tokens: list[str]  # those of them normalizing over another length than the tokens they are given
+    attention_unlike_vit: list[str]  # those of them with a ``qkv`` whose heads are not laid out as a ViT's (see
+    # :func:`misreadings`)
 
     @property
     def kept(self) -> list[str]:
         """The modules pruning keeps whole."""
-        return self.along_tokens + self.split_unequally + self.read_outside + self.multiplied + self.stream_writers
+        return (
+            self.along_tokens
+            + self.split_unequally
+            + self.read_outside
+            + self.multiplied
+            + self.stream_writers
+            + self.recurrent
+        )
 
 
 def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
-    """Every kind of misreading in ``model``, found by running ``example_inputs`` once without gradients."""
+    """Every kind of misreading in ``model``, found by running ``example_inputs`` once without gradients.
+
+    Attention unlike a ViT's: normalized over another length than the tokens it is given (XCiT's cross-covariance
+    attention, over each head's channels), or with a ``qkv`` split otherwise than ``(3, heads, head_dim)``."""
     mode = _trace(model, example_inputs)
     equal = {name: parts for name, parts in mode.chunks.items() if parts is not None}
     return Misreadings(
@@ -302,9 +345,16 @@ def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
         read_outside=_named(model, mode.read_outside),
         multiplied=_named(model, mode.multiplied),
         stream_writers=_named(model, mode.spaces.writers_of_kept()),
+        recurrent=[name for name, module in model.named_modules() if isinstance(module, nn.RNNBase)],
         attention=_named(model, mode.attention),
-        attention_off_tokens=_named(model, mode.off_tokens),
+        attention_unlike_vit=_named(model, mode.off_tokens | _heads_unlike_vit(mode)),
     )
+
+
+def _heads_unlike_vit(mode: _FeatureAxes) -> set[str]:
+    """Attention modules whose ``qkv`` output is not split as a ViT's, ``(3, heads, head_dim)``: TinyViT's and
+    LeViT's lay each head's query, key and value side by side, ``(heads, 3 * head_dim)``."""
+    return {owner for owner in mode.attention if mode.feature_splits.get(f"{owner}.qkv", (3,))[0] != 3}
 
 
 def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:

@@ -12,6 +12,8 @@
   - it divides by the width it infers after a reshape, which is 0 where it cannot follow the channels
     (ShuffleNet's shuffle feeding a split): such a reshape gets no index mapping instead of a
     ``ZeroDivisionError``; its channels are kept whole (``metaprune.token_mixing``);
+  - it sums the sizes of a concatenation's inputs before it checks that it could infer them all, a ``TypeError``
+    where it could not (TNT's class token joined to its patch tokens); it means to map nothing there, and does not;
   - it cuts a convolution's weight and bias, but not the other parameters a subclass keeps per output channel (the
     gain of NFNet's weight-standardized convolutions): those lose the same channels;
   - it reads every 5-d ``expand`` as grouped-query attention's repeated heads, and divides by the repeat, which is 0
@@ -52,10 +54,15 @@ def quirks_handled() -> Iterator[None]:
     """Within, Torch-Pruning's graph and pruning functions have the workarounds the module's docstring lists."""
     reshape_mapping = index_mapping.update_reshape_index_mapping
     expand_mapping = index_mapping.update_expand_index_mapping
+    concat_mapping = index_mapping.update_concat_index_mapping
 
     def guarded_reshape(graph: tp.DependencyGraph, node: tp.Node) -> None:
         with suppress(ZeroDivisionError):  # a width inferred as 0: no mapping, and the channels are kept whole
             reshape_mapping(graph, node)
+
+    def guarded_concat(graph: tp.DependencyGraph, node: tp.Node) -> None:
+        with suppress(TypeError):  # a size it could not infer, summed before it checks for one: no mapping
+            concat_mapping(graph, node)
 
     def guarded_expand(graph: tp.DependencyGraph, node: tp.Node) -> None:
         expand_mapping(graph, node)
@@ -71,6 +78,7 @@ def quirks_handled() -> Iterator[None]:
     conv_out_channels = conv_pruner.prune_out_channels
     index_mapping.update_reshape_index_mapping = guarded_reshape
     index_mapping.update_expand_index_mapping = guarded_expand
+    index_mapping.update_concat_index_mapping = guarded_concat
     conv_pruner.prune_out_channels = prune_out_channels
     try:
         with warnings.catch_warnings():
@@ -79,6 +87,7 @@ def quirks_handled() -> Iterator[None]:
     finally:
         index_mapping.update_reshape_index_mapping = reshape_mapping
         index_mapping.update_expand_index_mapping = expand_mapping
+        index_mapping.update_concat_index_mapping = concat_mapping
         conv_pruner.prune_out_channels = conv_out_channels
 
 

@@ -6,8 +6,13 @@ import copy
 
 import pytest
 import torch
+from timm.layers import BlurPool2d
+from timm.models.coat import CoaT
+from timm.models.dpn import DPN
 from timm.models.efficientformer import EfficientFormer
 from timm.models.mlp_mixer import MlpMixer
+from timm.models.sequencer import Sequencer2d
+from timm.models.tiny_vit import TinyVit
 from timm.models.xcit import XCA
 from torch import nn
 from torchvision.models.shufflenetv2 import ShuffleNetV2
@@ -18,7 +23,7 @@ from metaprune.token_mixing import Misreadings, misreadings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 _NOTHING_MISREAD = Misreadings(
-    [], {}, [], read_outside=[], multiplied=[], stream_writers=[], attention=[], attention_off_tokens=[]
+    [], {}, [], read_outside=[], multiplied=[], stream_writers=[], recurrent=[], attention=[], attention_unlike_vit=[]
 )
 
 
@@ -244,7 +249,7 @@ def test_attention_is_found_by_its_softmax_and_only_plain_vit_attention_is_cut_a
     x = torch.randn(1, 5, 4)
     model = _Blocks().eval()
     assert misreadings(model, x).attention == ["mixer", "heads"]
-    assert misreadings(model, x).attention_off_tokens == []
+    assert misreadings(model, x).attention_unlike_vit == []
     assert not is_attention(model.heads)  # proj_l mixes heads: not the ViT attention whose heads are registered
     pruned = prune(model, x, speedup=1.2).model
     kept = ["mixer.q", "mixer.k", "mixer.v", "mixer.out", "heads.qkv", "heads.proj", "heads.proj_l"]
@@ -275,7 +280,7 @@ def test_cross_covariance_attention_is_kept_whole() -> None:
     x = torch.randn(1, 5, 4)
     model = _CrossCovariance().eval()
     found = misreadings(model, x)  # its softmax is over the 8 channels of each head, not the 5 tokens
-    assert (found.attention, found.attention_off_tokens) == (["xca"], ["xca"])
+    assert (found.attention, found.attention_unlike_vit) == (["xca"], ["xca"])
     pruned = prune(model, x, speedup=1.2).model
     assert (pruned.xca.qkv.weight.shape, pruned.xca.proj.weight.shape) == ((48, 16), (16, 16))
     assert pruned.fc1.out_features < 32
@@ -292,6 +297,89 @@ def test_attention_with_values_wider_than_its_keys_is_kept_whole() -> None:
     attention, dense = result.model.stages[3].blocks[-1].token_mixer, model.stages[3].blocks[-1].token_mixer
     assert (attention.qkv.weight.shape, attention.proj.weight.shape) == ((1536, 32), (32, 1024))
     assert torch.equal(attention.qkv.weight, dense.qkv.weight)
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
+
+
+def test_attention_laying_each_heads_query_key_and_value_side_by_side_is_kept_whole() -> None:
+    """TinyViT splits ``qkv`` as ``(heads, 3 * head_dim)``, not a ViT's ``(3, heads, head_dim)``."""
+    torch.manual_seed(0)
+    model = TinyVit(
+        num_classes=3, embed_dims=(16, 16, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_sizes=(2,) * 4
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    found = misreadings(model, x)
+    assert found.attention_unlike_vit == found.attention == [f"stages.{i}.blocks.0.attn" for i in (1, 2, 3)]
+    result = prune(model, x, speedup=1.3)
+    for i in (1, 2, 3):
+        dense, pruned = model.stages[i].blocks[0].attn, result.model.stages[i].blocks[0].attn
+        assert torch.equal(pruned.qkv.weight, dense.qkv.weight) and torch.equal(pruned.proj.weight, dense.proj.weight)
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
+
+
+def test_channel_ranges_of_a_convolution_keep_the_space_they_slice() -> None:
+    """DPN slices each block's last convolution into a residual and a dense path (``x[:, :n]``, ``x[:, n:]``)."""
+    torch.manual_seed(0)
+    model = DPN(k_sec=(1, 1, 1, 1), inc_sec=(8, 8, 8, 8), num_init_features=16, k_r=32, groups=4, num_classes=3)
+    x = torch.randn(1, 3, 32, 32)
+    found = misreadings(model.eval(), x)
+    assert {f"features.conv{i}_1.c1x1_c.conv" for i in (2, 3, 4, 5)} <= set(found.stream_writers)
+    result = prune(model, x, speedup=1.3)
+    assert result.model.features.conv2_1.c1x1_c.conv.out_channels == model.features.conv2_1.c1x1_c.conv.out_channels
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
+
+
+def test_a_fixed_filter_outside_any_layer_keeps_the_channels_it_filters() -> None:
+    """TResNet's anti-aliasing ``BlurPool2d`` convolves each channel of a padded map with a buffer, not a
+    parameter: Torch-Pruning cannot cut the buffer, so the channels it filters stay whole."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), BlurPool2d(16, filt_size=3, stride=2),
+        nn.Conv2d(16, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 20, 20)
+    assert "0" in misreadings(model, x).stream_writers
+    result = prune(model, x, speedup=1.3)
+    assert result.model[0].out_channels == 16 and result.model[4].out_channels < 32
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
+
+
+def test_recurrent_layers_are_kept_whole() -> None:
+    """Sequencer's bidirectional LSTMs along rows and columns: Torch-Pruning cuts an LSTM's hidden units along the
+    wrong axes, so their weights stay as they were, while the MLPs between them are pruned."""
+    torch.manual_seed(0)
+    model = Sequencer2d(
+        num_classes=3,
+        img_size=32,
+        layers=(1, 1),
+        patch_sizes=(4, 2),
+        embed_dims=(16, 32),
+        hidden_sizes=(8, 16),
+        mlp_ratios=(3.0, 3.0),
+    ).eval()
+    x = torch.randn(1, 3, 32, 32)
+    lstms = [name for name, m in model.named_modules() if isinstance(m, nn.LSTM)]
+    assert misreadings(model, x).recurrent == lstms and len(lstms) == 4
+    result = prune(model, x, speedup=1.3)
+    for name in lstms:
+        dense, pruned = model.get_submodule(name), result.model.get_submodule(name)
+        assert pruned.hidden_size == dense.hidden_size
+        assert torch.equal(pruned.weight_hh_l0_reverse, dense.weight_hh_l0_reverse), name
+    assert result.model.stages[0].blocks[0].mlp_channels.fc1.out_features < 48
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
+
+
+def test_layers_of_attention_registered_elsewhere_first_are_kept_whole() -> None:
+    """CoaT's attention holds a positional encoding the model registered before it (``crpe1``): its convolutions
+    are kept as modules, not by a name under the attention that ``named_modules`` never gives."""
+    torch.manual_seed(0)
+    model = CoaT(
+        img_size=32, patch_size=4, embed_dims=(16,) * 4, serial_depths=(1,) * 4, parallel_depth=0, num_heads=8,
+        mlp_ratios=(2,) * 4, num_classes=3,
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 32, 32)
+    result = prune(model, x, speedup=1.3)
+    dense, pruned = model.crpe1.conv_list[0], result.model.crpe1.conv_list[0]
+    assert torch.equal(pruned.weight, dense.weight)
     assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
 
 

@@ -211,17 +211,17 @@ def test_the_gate_of_the_other_task_is_refused(workdir, tmp_path, capsys) -> Non
     assert status == 2 and "--max-acc-drop is for classifiers" in capsys.readouterr().err
 
 
-METAFORMER = "timm.models.metaformer:MetaFormer?in_chans=1&num_classes=10&depths=1,1,1,1&dims=8,8,16,16"
+ECA_RESNET = "timm:ecaresnet26t?in_chans=1&num_classes=10"
 
 
 def test_a_metanet_that_cannot_read_the_model_exits_2_at_once_and_auto_prunes_without_it(in_workdir, tmp_path, capsys):
-    # MetaFormer's StarReLU, s * relu(x) ** 2 + b, has no neuron form: the neuron graph refuses it (naming the
-    # module and the cause)
+    # ECA's channel attention convolves along the channels, which the neuron graph refuses (naming the module and
+    # the cause)
     options = ["--data", "imagefolder:digits", "--speedup", "1.3", "--max-acc-drop", "100"]
-    status, _ = _prune(in_workdir, tmp_path, METAFORMER, *options, "--metanet", "cnn")
+    status, _ = _prune(in_workdir, tmp_path, ECA_RESNET, *options, "--metanet", "cnn")
     err = capsys.readouterr().err.splitlines()[-1]
     assert status == 2 and err.startswith("metaprune: error: --metanet cnn: cannot read --model"), err
-    assert "StarReLU" in err
+    assert "'layer1.0.se.conv' (Conv1d)" in err
     assert not (tmp_path / "report.json").exists()
     status, report = _prune(in_workdir, tmp_path, f"{USER_MODULE}:Cumulative", *options, "--metanet", "auto")
     assert status == 0 and report["rewrite_strength"] is None

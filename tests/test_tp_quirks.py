@@ -6,6 +6,7 @@ import pytest
 import torch
 from timm.layers import ScaledStdConv2d
 from timm.models.gcvit import GlobalContextVit
+from timm.models.tnt import TNT
 from torch import nn
 
 from metaprune.prune import prune
@@ -45,3 +46,19 @@ def test_per_channel_parameters_of_a_convolution_lose_the_same_channels_as_its_w
     assert torch.equal(first.gain, dense.gain[kept])
     assert pruned[2].gain.shape == (pruned[2].out_channels, 1, 1, 1)
     assert pruned(x).shape == (2, 3)
+
+
+@pytest.mark.slow
+def test_a_concatenation_whose_sizes_cannot_be_inferred_gets_no_mapping() -> None:
+    """TNT joins its class token to patch tokens computed from pixel embeddings; 8 blocks deep, Torch-Pruning's
+    shape inference gives up (its recursion limit) and sums the size it could not infer (``None``) before checking
+    for one."""
+    torch.manual_seed(0)
+    model = TNT(
+        img_size=32, patch_size=16, num_classes=3, embed_dim=48, inner_dim=12, depth=8, num_heads_outer=2,
+        num_heads_inner=2,
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 32, 32)
+    result = prune(model, x, speedup=1.3)
+    assert result.speedup >= 1.3
+    assert result.model(x).shape == (1, 3)
