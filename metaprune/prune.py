@@ -24,7 +24,7 @@ from .copying import copy_model
 from .finetune import GradHook, finetune
 from .measure import count_macs_params
 from .token_mixing import Misreadings, is_layer, misreadings
-from .tp_quirks import map_chunks, quirks_handled, refresh_split_offsets
+from .tp_quirks import map_chunks, quirks_handled, refresh_split_offsets, unmappable_roots
 
 Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
@@ -196,6 +196,7 @@ def prune(
             if head_ratio > 0:
                 _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
             with _naming_torch_pruning("building the dependency graph"):
+                ignored += unmappable_roots(pruned, example_inputs, ignored, **pruner_options())
                 pruner = _pruner(
                     pruned,
                     example_inputs,

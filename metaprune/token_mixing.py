@@ -24,6 +24,7 @@ layers can be kept whole.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,8 @@ class _FeatureAxes(TorchFunctionMode):
             self._check_split(args, kwargs, out)
         if name in _RESHAPES | {"unflatten"} and args and id(args[0]) in self.outputs and isinstance(out, Tensor):
             self._note_feature_split(self.outputs[id(args[0])], args[0], out)
+        if name in _RESHAPES | {"flatten"} and _merges_positions_into_features(args[0], self._axis(args[0]), out):
+            self.spaces.keep(args[0])  # Swin's patch merging: the graph maps feature c to 4c..4c+3, not c, C+c, ...
         if name in _SLICES and _slices_features(args[0], self._axis(args[0]), out):
             self.spaces.keep(args[0])  # DPN's residual and dense paths: channel ranges of one convolution's output
         if name == "linear":
@@ -121,12 +124,12 @@ class _FeatureAxes(TorchFunctionMode):
             self.tokens[module] = source.shape[-2]
 
     def _follow_shuffle(self, name: str, args: tuple, out: Tensor) -> None:
-        """ShuffleNet's channel shuffle: a ``[batch, channels, height, width]`` map viewed as ``[batch, groups,
-        channels / groups, height, width]``, transposed and viewed back. The dependency graph cannot follow the
-        regrouped channels, so their space stays whole, and the shuffled map is in the same space."""
+        """A channels-first map whose channels are split over several axes (see :func:`_splits_channels`): the
+        dependency graph cannot follow the regrouped channels, so their space stays whole. ShuffleNet's shuffle
+        then transposes the groups and views the map back: that map is in the same space."""
         source = args[0] if args else None
         if name in _RESHAPES and _splits_channels(source, self._axis(source), out):
-            self.spaces.keep(source)
+            self.spaces.keep(source)  # any channel split: the dependency graph follows none
             self.shuffled[id(out)] = source
         elif isinstance(source, Tensor) and id(source) in self.shuffled:
             original = self.shuffled[id(source)]
@@ -221,23 +224,29 @@ class _FeatureAxes(TorchFunctionMode):
             return axis if axis < start else axis - (end - start) if axis > end else None
         if name in _RESHAPES and axis == source.dim() - 1 and out.shape[-1:] == source.shape[-1:]:
             return out.dim() - 1  # tokens regrouped (Swin's windows, a patch merge's strided slices), features last
+        if name in _RESHAPES and out.shape[: axis + 1] == source.shape[: axis + 1]:
+            return axis  # positions after the features regrouped (PiT's tokens viewed as a feature map)
         if name in _PADS_AND_CROPS and out.dim() == source.dim() and out.shape[axis] == source.shape[axis]:
             return axis  # a feature map padded or cropped (BlurPool's reflection padding)
         return axis if out.shape == source.shape else None  # elementwise; any other op loses the axis
 
 
 def _splits_channels(source: Tensor, axis: int | None, out: Any) -> bool:
-    """``out`` is a channels-first map ``source`` (``[batch, channels, *spatial]``) with its channel axis split in
-    two and every other axis as it was: the first step of a channel shuffle."""
-    return (
-        axis == 1
-        and isinstance(out, Tensor)
-        and source.dim() >= 3
-        and out.dim() == source.dim() + 1
-        and out.shape[0] == source.shape[0]
-        and out.shape[1] * out.shape[2] == source.shape[1]
-        and out.shape[3:] == source.shape[2:]
-    )
+    """``out`` is a channels-first map ``source`` (``[batch, channels, *spatial]``) with its channel axis split over
+    several axes after the batch: a channel shuffle's ``[batch, groups, channels / groups, *spatial]``, or
+    EfficientViT's linear attention's ``[batch, heads, 3 * head_dim, positions]``."""
+    if axis != 1 or not isinstance(out, Tensor) or source.dim() < 3 or out.shape[0] != source.shape[0]:
+        return False
+    return any(math.prod(out.shape[1:k]) == source.shape[1] for k in range(3, out.dim() + 1))
+
+
+def _merges_positions_into_features(source: Any, axis: int | None, out: Any) -> bool:
+    """``out`` has the last axes of a features-last ``source`` merged into its features, positions first (timm
+    Swin's patch merging, ``[..., 2, 2, C] -> [..., 4 * C]``)."""
+    if axis is None or axis != source.dim() - 1 or not isinstance(out, Tensor) or out.dim() >= source.dim():
+        return False
+    merged = [math.prod(source.shape[k:]) for k in range(source.dim() - 1)]
+    return out.shape[-1] > source.shape[-1] and out.shape[-1] in merged
 
 
 def _slices_features(source: Any, axis: int | None, out: Any) -> bool:

@@ -16,6 +16,8 @@
     where it could not (TNT's class token joined to its patch tokens); it means to map nothing there, and does not;
   - it cuts a convolution's weight and bias, but not the other parameters a subclass keeps per output channel (the
     gain of NFNet's weight-standardized convolutions): those lose the same channels;
+  - it cuts a group norm's bias even where there is none (timm's ``GroupNorm1NoBias`` in PoolFormer v2): a missing
+    parameter stays missing;
   - it reads every 5-d ``expand`` as grouped-query attention's repeated heads, and divides by the repeat, which is 0
     where the expand repeats no channels (GC ViT's global query): such an expand gets no mapping.
 """
@@ -31,7 +33,9 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.dependency import index_mapping
 
-__all__ = ["map_chunks", "quirks_handled", "refresh_split_offsets"]
+__all__ = ["map_chunks", "quirks_handled", "refresh_split_offsets", "unmappable_roots"]
+
+MAX_MAPPED_INDICES = 1 << 20  # a channel group whose reshapes map more indices than this has been misread
 
 
 def refresh_split_offsets(graph: tp.DependencyGraph) -> None:
@@ -74,12 +78,18 @@ def quirks_handled() -> Iterator[None]:
             setattr(layer, name, pruner._prune_parameter_and_grad(parameter, kept, 0))
         return conv_out_channels(pruner, layer, idxs)
 
+    def prune_parameter(pruner: tp.pruner.BasePruningFunc, weight: nn.Parameter | None, *args: object) -> object:
+        return None if weight is None else cut_parameter(pruner, weight, *args)
+
     conv_pruner = tp.pruner.function.ConvPruner
     conv_out_channels = conv_pruner.prune_out_channels
+    base_pruner = tp.pruner.BasePruningFunc
+    cut_parameter = base_pruner._prune_parameter_and_grad
     index_mapping.update_reshape_index_mapping = guarded_reshape
     index_mapping.update_expand_index_mapping = guarded_expand
     index_mapping.update_concat_index_mapping = guarded_concat
     conv_pruner.prune_out_channels = prune_out_channels
+    base_pruner._prune_parameter_and_grad = prune_parameter
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
@@ -89,6 +99,7 @@ def quirks_handled() -> Iterator[None]:
         index_mapping.update_expand_index_mapping = expand_mapping
         index_mapping.update_concat_index_mapping = concat_mapping
         conv_pruner.prune_out_channels = conv_out_channels
+        base_pruner._prune_parameter_and_grad = cut_parameter
 
 
 def _channel_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -99,6 +110,48 @@ def _channel_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
         for name, parameter in layer.named_parameters(recurse=False)
         if name not in ("weight", "bias") and parameter.dim() > 0 and parameter.shape[0] == layer.out_channels
     ]
+
+
+class _MappingBlewUp(RuntimeError):
+    """An index mapping produced more indices than any layer holds."""
+
+
+def unmappable_roots(
+    model: nn.Module,
+    example_inputs: object,
+    ignored: list[nn.Module],
+    customized_pruners: dict[type[nn.Module], tp.pruner.BasePruningFunc],
+    root_module_types: list[type[nn.Module]],
+) -> list[nn.Module]:
+    """The layers (of ``root_module_types``, not in ``ignored``) whose channel group Torch-Pruning cannot map: it
+    indexes past a layer, or multiplies indices through reshapes it misreads (NesT's and Lambda-ResNet's blocks,
+    where it would enumerate indices until memory runs out). Kept whole, no group starts there. Call within
+    :func:`quirks_handled`."""
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs, customized_pruners=customized_pruners)
+    kinds = tuple(root_module_types)
+    roots = [m for m in model.modules() if isinstance(m, kinds) and m in graph.module2node and m not in ignored]
+    flatten = index_mapping._FlattenIndexMapping.__call__
+
+    mapped = [0]  # indices mapped for the group being built
+
+    def capped(mapping: index_mapping._FlattenIndexMapping, idxs: list) -> list:
+        mapped[0] += len(idxs) * (1 if mapping.reverse else mapping._stride)  # forward, each becomes ``stride``
+        if mapped[0] > MAX_MAPPED_INDICES:
+            raise _MappingBlewUp
+        return flatten(mapping, idxs)
+
+    unmappable = []
+    index_mapping._FlattenIndexMapping.__call__ = capped
+    try:
+        for root in roots:
+            prune_out, mapped[0] = graph.get_pruner_of_module(root).prune_out_channels, 0
+            try:
+                graph.get_pruning_group(root, prune_out, idxs=list(range(graph.get_out_channels(root))))
+            except (_MappingBlewUp, IndexError):
+                unmappable.append(root)
+    finally:
+        index_mapping._FlattenIndexMapping.__call__ = flatten
+    return unmappable
 
 
 def _drop_empty_repeats(node: tp.Node) -> None:

@@ -5,12 +5,15 @@ the same channels from every chunk."""
 import copy
 
 import pytest
+import timm
 import torch
 from timm.layers import BlurPool2d
 from timm.models.coat import CoaT
 from timm.models.dpn import DPN
 from timm.models.efficientformer import EfficientFormer
+from timm.models.efficientvit_mit import EfficientVit
 from timm.models.mlp_mixer import MlpMixer
+from timm.models.pit import PoolingVisionTransformer
 from timm.models.sequencer import Sequencer2d
 from timm.models.tiny_vit import TinyVit
 from timm.models.xcit import XCA
@@ -380,6 +383,48 @@ def test_layers_of_attention_registered_elsewhere_first_are_kept_whole() -> None
     result = prune(model, x, speedup=1.3)
     dense, pruned = model.crpe1.conv_list[0], result.model.crpe1.conv_list[0]
     assert torch.equal(pruned.weight, dense.weight)
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
+
+
+def test_tokens_viewed_as_a_feature_map_keep_their_feature_axis() -> None:
+    """PiT views its tokens as a feature map (``[B, C, N] -> [B, C, H, W]``) for a pooling convolution with a channel
+    multiplier, whose input stays whole: the stream's writers before it are found through that view."""
+    torch.manual_seed(0)
+    model = PoolingVisionTransformer(
+        img_size=32, patch_size=4, stride=2, base_dims=(8, 8), depth=(1, 1), heads=(2, 4), mlp_ratio=4, num_classes=3
+    ).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert {"transformers.0.blocks.0.mlp.fc2", "transformers.0.blocks.0.attn.proj"} <= set(
+        misreadings(model, x).stream_writers
+    )
+    result = prune(model, x, speedup=1.15)
+    assert result.model.transformers[0].blocks[0].mlp.fc1.out_features < 64
+    assert result.speedup >= 1.15 and result.model(x).shape == (1, 3)
+
+
+def test_channels_split_over_several_axes_keep_their_space() -> None:
+    """EfficientViT's linear attention views its multi-scale ``qkv`` map as ``[B, heads, 3 * head_dim, H * W]``."""
+    torch.manual_seed(0)
+    model = EfficientVit(widths=(8, 16, 32, 32, 64), depths=(1,) * 5, head_dim=8, head_widths=(64, 80), num_classes=3)
+    x = torch.randn(1, 3, 64, 64)
+    qkv = "stages.3.blocks.1.context_module.main.qkv.conv"
+    assert qkv in misreadings(model.eval(), x).stream_writers
+    result = prune(model, x, speedup=1.3)
+    assert result.model.get_submodule(qkv).out_channels == model.get_submodule(qkv).out_channels == 192
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
+
+
+def test_positions_merged_into_features_keep_the_space_they_merge() -> None:
+    """timm Swin's patch merging flattens ``[..., 2, 2, C]`` into ``4 * C`` features, positions first; the graph maps
+    feature ``c`` onto ``4c .. 4c + 3`` and cut the merged norm where the merge had lost other features."""
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", img_size=64, embed_dim=16, depths=(1, 1, 1), num_heads=(1, 2, 4),
+        window_size=4, num_classes=3,
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 64, 64)
+    result = prune(model, x, speedup=1.3)
+    assert result.model.layers[1].downsample.norm.normalized_shape == (64,)  # 4 x 16, whole
     assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
 
 

@@ -6,10 +6,14 @@ import pytest
 import torch
 from timm.layers import ScaledStdConv2d
 from timm.models.gcvit import GlobalContextVit
+from timm.models.metaformer import GroupNorm1NoBias, MetaFormer
+from timm.models.nest import Nest
 from timm.models.tnt import TNT
 from torch import nn
 
+from metaprune.conv1d import pruner_options
 from metaprune.prune import prune
+from metaprune.tp_quirks import quirks_handled, unmappable_roots
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,3 +66,32 @@ def test_a_concatenation_whose_sizes_cannot_be_inferred_gets_no_mapping() -> Non
     result = prune(model, x, speedup=1.3)
     assert result.speedup >= 1.3
     assert result.model(x).shape == (1, 3)
+
+
+def test_layers_whose_group_cannot_be_mapped_are_found_before_pruning() -> None:
+    """NesT's attention reshapes its ``qkv`` output over nested blocks of tokens; Torch-Pruning's index mapping of
+    those reshapes multiplies indices until memory runs out (the full NesT-T took 145 s to a ``MemoryError``).
+    The probe names the layers whose group cannot be mapped, in bounded time, so that they are kept whole."""
+    torch.manual_seed(0)
+    model = Nest(
+        img_size=32, patch_size=4, num_levels=3, embed_dims=(16, 32, 64), num_heads=(1, 2, 4), depths=(1, 1, 1),
+        num_classes=3,
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, 32, 32)
+    with torch.enable_grad(), quirks_handled():
+        found = unmappable_roots(model, x, [], **pruner_options())
+    qkv = [model.levels[i].transformer_encoder[0].attn.qkv for i in range(3)]
+    assert found == qkv
+    with torch.enable_grad(), quirks_handled():
+        assert unmappable_roots(model, x, qkv, **pruner_options()) == []  # kept ones are not probed
+
+
+def test_a_norm_without_a_bias_keeps_none() -> None:
+    """PoolFormer v2's ``GroupNorm1NoBias`` has no bias; Torch-Pruning's group norm pruner cut it anyway."""
+    torch.manual_seed(0)
+    model = MetaFormer(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), num_classes=3, norm_layers=GroupNorm1NoBias).eval()
+    x = torch.randn(1, 3, 32, 32)
+    result = prune(model, x, speedup=1.3)
+    norm = result.model.stages[0].blocks[0].norm2
+    assert norm.bias is None and norm.weight.shape == (norm.num_channels,)
+    assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
