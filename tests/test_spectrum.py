@@ -42,3 +42,15 @@ def test_state_dicts_and_models_flatten_only_their_matrices():
     bias = model[0].bias.clone()
     flatten_model_(model)
     assert torch.linalg.matrix_rank(model[0].weight.detach()) == 32 and torch.equal(model[0].bias, bias)
+
+
+def test_a_reference_sets_the_norms_and_keeps_the_directions():
+    matrix, reference = low_rank(), 5.0 * torch.randn(48, 32, generator=torch.Generator().manual_seed(3))
+    flat = flatten_spectra({"w": matrix}, reference={"w": reference})["w"]
+    assert flat.norm().item() == pytest.approx(reference.norm().item(), rel=1e-5)
+    assert torch.allclose(flat / flat.norm(), flatten_matrix(matrix) / flatten_matrix(matrix).norm(), atol=1e-5)
+    model, other = torch.nn.Linear(32, 48), torch.nn.Linear(32, 48)
+    with torch.no_grad():
+        other.weight.mul_(3.0)
+    flatten_model_(model, reference=other)
+    assert model.weight.norm().item() == pytest.approx(other.weight.norm().item(), rel=1e-5)

@@ -12,7 +12,8 @@ its matrices' singular values capped at random init's largest. Rows that transfo
   each matrix plus random init's matrix projected off its top singular subspaces (left and right) holding
   the fraction ``E`` of its squared singular values (``complete:0.9``).
 - ``flattened:A[:PART,...]``: each matrix's singular values raised to the power ``A`` at its own Frobenius
-  norm; ``flattened:0`` keeps only the prediction's singular vectors, ``flattened:1`` changes nothing.
+  norm (random init's with ``--match-norms``); ``flattened:0`` keeps only the prediction's singular vectors,
+  ``flattened:1`` changes nothing.
 - ``rescaled:K``: every residual-stream writer (embeddings, positions, output projections) times ``K`` and
   the final LayerNorm divided by ``K``: the same function, other AdamW step sizes relative to the writers.
 
@@ -29,6 +30,7 @@ predicted matrix's std, effective rank and largest singular value beside random 
     python recipes/bench/bench_finetune_parts.py --rows random:block-matrices --match-norms  # shape, not size
     python recipes/bench/bench_finetune_parts.py --rows random shrink:0.1 shrink:0.3 --target l2-w512 --seed 2
     python recipes/bench/bench_finetune_parts.py --rows complete:0.9 flattened:0 flattened:0.5:mlp-matrices
+    python recipes/bench/bench_finetune_parts.py --rows flattened:0 --match-norms --target l2-w1024
     python recipes/bench/bench_finetune_parts.py --rows complete:0.9 rescaled:0.3 --balance 1 --target l2-w512
 """
 
@@ -121,14 +123,19 @@ def assembled(
 ) -> dict[str, Tensor]:
     """``source``'s state dict with every tensor of ``parts`` taken from the other source, rescaled to the
     norm of the tensor it replaces when ``match_norms`` (its direction without its size); for ``shrink``,
-    ``parts`` holds the factor."""
+    ``parts`` holds the factor; flattened matrices take random init's norms when ``match_norms``."""
     if source == "shrink":
         shrink = float(parts[0])
         return {name: shrink * tensor + states["random"][name] for name, tensor in states["predicted"].items()}
     if source == "clipped":
         return {name: clip_spectrum(tensor, states["random"][name]) for name, tensor in states["predicted"].items()}
     if source == "flattened":
-        return transformed(states["predicted"], parts[1:], lambda _, tensor: flatten_matrix(tensor, float(parts[0])))
+        norms = states["random" if match_norms else "predicted"]
+        return transformed(
+            states["predicted"],
+            parts[1:],
+            lambda name, tensor: flatten_matrix(tensor, float(parts[0]), norms[name].norm()),
+        )
     if source == "rescaled":
         return rescale_residual(states["predicted"], float(parts[0]))
     if source == "complete":
@@ -250,7 +257,9 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=4, help="evaluations after step 0")
     parser.add_argument("--seed", type=int, default=0, help="seeds random init and the batch order")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--match-norms", action="store_true", help="swapped tensors keep the replaced one's norm")
+    parser.add_argument(
+        "--match-norms", action="store_true", help="swapped tensors keep the replaced one's norm; flattened, random's"
+    )
     parser.add_argument("--base-gain", type=float, help="set every MIP base gain (theta_0's scale) before predicting")
     parser.add_argument("--balance", type=float, default=0.0, help="scale residual writers to random init's rms")
     args = parser.parse_args()
