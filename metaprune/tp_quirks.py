@@ -8,7 +8,8 @@
   - it warns, on every graph it builds, about each parameter no module of a type it knows owns (a ViT's
     ``cls_token`` and ``pos_embed``), telling the caller to pass ``unwrapped_parameters``; a metaprune user has no
     such option, and a model that such a parameter breaks is caught by the pruned model's checks, so the warning
-    is kept out of their logs;
+    is kept out of their logs, as is its "Maximum recursive depth reached!" from shape inference on deep graphs
+    (DenseNet, TNT), which says nothing a user can act on;
   - it divides by the width it infers after a reshape, which is 0 where it cannot follow the channels
     (ShuffleNet's shuffle feeding a split): such a reshape gets no index mapping instead of a
     ``ZeroDivisionError``; its channels are kept whole (``metaprune.token_mixing``);
@@ -93,6 +94,7 @@ def quirks_handled() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
             yield
     finally:
         index_mapping.update_reshape_index_mapping = reshape_mapping

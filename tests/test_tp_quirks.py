@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from timm.layers import ScaledStdConv2d
@@ -63,7 +65,10 @@ def test_a_concatenation_whose_sizes_cannot_be_inferred_gets_no_mapping() -> Non
         num_heads_inner=2,
     ).eval()  # fmt: skip
     x = torch.randn(1, 3, 32, 32)
-    result = prune(model, x, speedup=1.3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = prune(model, x, speedup=1.3)
+    assert not [w for w in caught if "Maximum recursive depth" in str(w.message)]  # kept out of the user's log
     assert result.speedup >= 1.3
     assert result.model(x).shape == (1, 3)
 
