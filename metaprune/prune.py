@@ -181,7 +181,6 @@ def prune(
     imp = importance(method)
     pruned = copy_model(model)
     with _without_cache(pruned):
-        ignored, chunked = _layers(model, pruned, example_inputs, ignored_layers, keep)
         shapes, answers = parameter_shapes(pruned), answer_shapes(pruned, example_inputs)
         base_macs, base_params = count_macs_params(pruned, example_inputs)
         base_cost = _cost(pruned, example_inputs, counter, base_macs)
@@ -193,10 +192,10 @@ def prune(
 
         with torch.random.fork_rng(devices=[]), torch.enable_grad(), quirks_handled():
             torch.manual_seed(seed)
+            ignored, chunked = _layers(model, pruned, example_inputs, ignored_layers, keep)
             if head_ratio > 0:
                 _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
             with _naming_torch_pruning("building the dependency graph"):
-                ignored += unmappable_roots(pruned, example_inputs, ignored, **pruner_options())
                 pruner = _pruner(
                     pruned,
                     example_inputs,
@@ -476,12 +475,15 @@ def _layers(
     original: nn.Module, target: nn.Module, example_inputs: Tensor, layers: Layers | None, keep: Sequence[str] = ()
 ) -> tuple[list[nn.Module], dict[nn.Module, int]]:
     """The modules of ``target`` kept whole: ``layers`` (default :func:`_kept_by_default`), ``keep``, and, always,
-    those the dependency graph would read wrongly; and its fused linears, by their number of equal chunks (see
-    :mod:`metaprune.token_mixing`)."""
+    those the dependency graph would read wrongly or cannot map (see :func:`metaprune.tp_quirks.unmappable_roots`);
+    and its fused linears, by their number of equal chunks (see :mod:`metaprune.token_mixing`). Call within
+    ``torch.enable_grad()`` and :func:`metaprune.tp_quirks.quirks_handled`."""
     misread = misreadings(original, example_inputs)
     if layers is None:
         layers = _kept_by_default(original, misread)
     ignored = [m for names in (layers, misread.kept, list(keep)) for m in _resolve_layers(original, target, names)]
+    with _naming_torch_pruning("building the dependency graph"):
+        ignored += unmappable_roots(target, example_inputs, ignored, **pruner_options())
     fused = _resolve_layers(original, target, list(misread.chunked))
     return ignored, dict(zip(fused, misread.chunked.values(), strict=True))
 

@@ -14,7 +14,7 @@ from timm.models.tnt import TNT
 from torch import nn
 
 from metaprune.conv1d import pruner_options
-from metaprune.prune import prune
+from metaprune.prune import prune, sparse_regularizer
 from metaprune.tp_quirks import quirks_handled, unmappable_roots
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,3 +100,20 @@ def test_a_norm_without_a_bias_keeps_none() -> None:
     norm = result.model.stages[0].blocks[0].norm2
     assert norm.bias is None and norm.weight.shape == (norm.num_channels,)
     assert result.speedup >= 1.3 and result.model(x).shape == (1, 3)
+
+
+def test_sparsity_training_keeps_the_layers_whose_group_cannot_be_mapped() -> None:
+    """The group-sparsity regularizer builds its own dependency graph: it gets the same probe (it hung on NesT)."""
+    torch.manual_seed(0)
+    model = Nest(
+        img_size=32, patch_size=4, num_levels=3, embed_dims=(16, 32, 64), num_heads=(1, 2, 4), depths=(1, 1, 1),
+        num_classes=3,
+    )  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    hook = sparse_regularizer(model, x[:1])
+    model(x).square().sum().backward()
+    fc1 = model.levels[0].transformer_encoder[0].mlp.fc1
+    before = fc1.weight.grad.clone()
+    hook(model)
+    assert not torch.equal(fc1.weight.grad, before)  # the groups it can map are regularized
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
