@@ -71,17 +71,11 @@ def row(text: str) -> tuple[str, list[str]]:
     source, _, parts = text.partition(":")
     if text == "clipped":
         return text, []
-
-    if source == "shrink":
+    if source in ("shrink", "rescaled"):
         try:
             return source, [str(float(parts))]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: give shrink:L with L a number, e.g. shrink:0.3") from None
-    if source == "rescaled":
-        try:
-            return source, [str(float(parts))]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: give rescaled:K with K a number, e.g. rescaled:0.3") from None
+            raise argparse.ArgumentTypeError(f"{text!r}: give {source}:X with X a number, e.g. {source}:0.3") from None
     if source in ("complete", "flattened"):
         number, _, names = parts.partition(":")
         chosen = [p for p in names.split(",") if p]
