@@ -243,6 +243,22 @@ def add_train_parser(commands: argparse._SubParsersAction, parents: list[argpars
         "--grad-clip", type=number(0, above=True), default=defaults["grad_clip"], help="max gradient norm"
     )
     train.add_argument(
+        "--spectral-penalty",
+        type=number(0, 1_000_000),
+        default=defaults["spectral_penalty"],
+        metavar="X",
+        help="weight of a loss term on each predicted matrix's largest singular value past a random init's "
+        "(keeps predictions fine-tunable; 0: off; docs/benchmarks.md, issue 28)",
+    )
+    train.add_argument(
+        "--base-gain-floor",
+        type=number(0, 1000),
+        default=defaults["base_gain_floor"],
+        metavar="X",
+        help="keep the MIP base gains (the scale of the full-rank random base under the decoded matrices, 1 at "
+        "the start) at or above X (0: free)",
+    )
+    train.add_argument(
         "--checkpoint-every",
         type=positive,
         default=defaults["checkpoint_every"],
@@ -435,6 +451,8 @@ def run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         gain_lr_scale=args.gain_lr_scale,
         grad_clip=args.grad_clip,
+        spectral_penalty=args.spectral_penalty,
+        base_gain_floor=args.base_gain_floor,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         device=args.device,

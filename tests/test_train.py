@@ -108,6 +108,24 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
         train(replace(split, lr=1.0), progress=False)
 
 
+def test_training_logs_the_spectral_penalty_and_keeps_base_gains_at_the_floor(tmp_path):
+    hnet = train(tiny_config(tmp_path, spectral_penalty=0.5, base_gain_floor=1.5), progress=False)
+    assert hnet.base_gain.min().item() == 1.5  # every gain starts at 1, below the floor
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["spectral_excess"] >= 0 for r in records)
+
+
+def test_runs_from_before_a_setting_existed_resume_with_its_default(tmp_path):
+    config = tiny_config(tmp_path)
+    train(config, stop_after=2, progress=False)
+    saved = tmp_path / "checkpoint-2" / "config.json"
+    meta = json.loads(saved.read_text())
+    del meta["train"]["spectral_penalty"], meta["train"]["base_gain_floor"]
+    saved.write_text(json.dumps(meta))
+    train(config, progress=False)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
+
+
 def _rank(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)

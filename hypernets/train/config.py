@@ -43,6 +43,8 @@ class TrainConfig:
     weight_decay: float = 0.01  # on weight matrices only; gains, biases and norms are not decayed
     gain_lr_scale: float = 10.0  # the MIP gains (one scalar per op kind) learn this much faster
     grad_clip: float = 1.0
+    spectral_penalty: float = 0.0  # weight of hypernets.train.spectra.spectral_excess in the loss (0: off)
+    base_gain_floor: float = 0.0  # the MIP base gains (theta_0's scale per op kind) stay at or above this
     checkpoint_every: int = 250
     seed: int = 0
     device: str = "cpu"
@@ -57,7 +59,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.warmup < 0 or self.seed < 0:
             raise ValueError(f"warmup and seed must be at least 0, got {self.warmup} and {self.seed}")
-        rates = {name: getattr(self, name) for name in ("lr", "min_lr", "weight_decay", "gain_lr_scale", "grad_clip")}
+        rates = {
+            name: getattr(self, name)
+            for name in (
+                "lr",
+                "min_lr",
+                "weight_decay",
+                "gain_lr_scale",
+                "grad_clip",
+                "spectral_penalty",
+                "base_gain_floor",
+            )
+        }
         for name, value in rates.items():
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and at least 0, got {value}")

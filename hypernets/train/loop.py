@@ -20,6 +20,7 @@ from .config import TrainConfig, lr_at, parameter_groups
 from .distributed import setup
 from .graphs import arch_graph
 from .metrics import MetricsLog, plot_loss, read_metrics
+from .spectra import spectral_excess
 from .state import latest_checkpoint, load_state, save_state
 from .tasks import task_for
 
@@ -54,7 +55,8 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None:
         step, saved = load_state(checkpoint, hnet, optimizer, generators, dist.rank, dist.world_size)
-        if {**saved, "out": config.out} != config.to_dict():  # the run directory may have moved
+        saved = {**TrainConfig().to_dict(), **saved, "out": config.out}  # settings added since: defaults; moved
+        if saved != config.to_dict():
             raise CheckpointError(f"{checkpoint} was written with other settings; use a new --out to change them")
     model = DistributedDataParallel(hnet) if dist.enabled else hnet
     task = task_for(config.family)
@@ -74,8 +76,9 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
         with autocast:
             predicted = model(list(op_graphs))
             loss = torch.stack([task.loss(net, p, (x, y)) for net, p in zip(nets, predicted, strict=True)]).mean()
+        excess = spectral_excess(predicted, op_graphs) if config.spectral_penalty else None
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if excess is None else loss + config.spectral_penalty * excess).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(hnet.parameters(), config.grad_clip)
         if not torch.isfinite(grad_norm):  # all ranks see the same averaged gradient, so all stop here
             raise TrainingDiverged(
@@ -83,11 +86,15 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
                 f"{loss.item():.4g}); lower --lr or lengthen --warmup. The last checkpoint in {out} is intact"
             )
         optimizer.step()
+        if config.base_gain_floor and hnet.config.mip:
+            with torch.no_grad():
+                hnet.base_gain.clamp_(min=config.base_gain_floor)
         step += 1
         mean_loss = dist.mean(loss)
         if log is not None:
             seconds = time.perf_counter() - start
-            log.write({"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm.item(), "seconds": seconds})
+            record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm.item(), "seconds": seconds}
+            log.write(record if excess is None else {**record, "spectral_excess": dist.mean(excess)})
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
             bar.update()
         if step % config.checkpoint_every == 0 or step == config.steps:
