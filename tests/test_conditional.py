@@ -13,6 +13,7 @@ from torch import nn
 
 from hypernets.checkpoint import CheckpointError
 from hypernets.conditional import Hypernetized, hypernetize
+from hypernets.conditional.bodies import ChunkedBody
 from hypernets.conditional.label_smoothing import expected_calibration_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -207,6 +208,22 @@ def test_resnet18_gets_a_chunked_hypernetwork_a_fraction_of_its_size() -> None:
     assert model.config.body == "chunked"
     assert body < 0.05 * target, f"body of {body:,} parameters for a {target:,}-parameter target"
     assert model.theta0.numel() == target
+
+
+@pytest.mark.parametrize(
+    ("sizes", "owners", "offsets"),
+    [([5], [0, 0, 1, 1, 2], [0, 1, 0, 1, 0]), ([3, 2], [0, 0, 1, 2, 2], [0, 1, 0, 0, 1])],
+)
+def test_chunked_body_cuts_chunks_of_one_flat_vector_or_per_tensor(sizes, owners, offsets) -> None:
+    """With no trunk the head reads ``[x, c_k]`` as they are (von Oswald et al.). Chunks of 2: one size of 5 is
+    3 chunks cut to 5 values (the continual hypernetworks' chunking); sizes 3 and 2 are 2 + 1 chunks, tensor 0
+    taking chunk 0 and the first value of chunk 1 (hypernetize's). Value ``j`` is ``chunks[owners[j]][offsets[j]]``."""
+    torch.manual_seed(0)
+    body = ChunkedBody(2, sizes, (), chunk_size=2, chunk_dim=1, make_head=nn.Linear)
+    x = torch.randn(3, 2)
+    chunks = [body.head(torch.cat([x, c.expand(3, 1)], -1)) for c in body.chunk_embeddings]
+    expected = torch.stack([chunks[k][:, i] for k, i in zip(owners, offsets, strict=True)], 1)
+    assert len(body.chunk_embeddings) == len(set(owners)) and torch.equal(body(x), expected)
 
 
 def test_expected_calibration_error_on_a_hand_worked_case() -> None:

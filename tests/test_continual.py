@@ -92,10 +92,10 @@ def test_regularizer_is_zero_when_unchanged_and_matches_hand_value() -> None:
     regularizer.snapshot(hypernet, [0, 1])
     assert regularizer(hypernet).item() == 0.0
     with torch.no_grad():
-        hypernet.body[-1].bias.add_(0.5)  # every output moves by 0.5
+        hypernet.body.head[-1].bias.add_(0.5)  # every output moves by 0.5
     n = hypernet.num_params  # 10*8 + 8 + 8*3 + 3 = 115
     assert regularizer(hypernet).item() == pytest.approx(0.1 * n * 0.25, rel=1e-5)
-    shifted = {"body.2.bias": hypernet.body[-1].bias - 0.5}
+    shifted = {"body.head.2.bias": hypernet.body.head[-1].bias - 0.5}
     assert regularizer(hypernet, shifted).item() == pytest.approx(0.0, abs=1e-10)
 
 

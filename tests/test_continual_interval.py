@@ -224,7 +224,7 @@ def test_a_head_per_task_reads_its_block_and_frees_the_others_in_the_regularizer
     assert learner.regularizer(learner.bounds).item() == 0.0
     before = WeightBounds(hypernet)(torch.tensor([0])).detach()  # unmasked: every weight of task 0's box
     with torch.no_grad():
-        hypernet.body[-1].bias.add_(0.5)
+        hypernet.body.head[-1].bias.add_(0.5)
     after = WeightBounds(hypernet)(torch.tensor([0]))
     used = learner.bounds.used[0]
     assert used.sum() < used.numel()  # task 1's head rows are out

@@ -12,13 +12,16 @@ duplicate it (``hidden + 1`` instead of ``hidden`` weights per predicted value i
 - :class:`ChunkedBody` (von Oswald et al. 2020): one shared head emits fixed-size chunks, each asked for
   by a learned chunk embedding, so the body grows with the number of chunks times the chunk embedding's
   width, not with the number of values: 0.36 M for the same convolutions
-  (``recipes/bench/bench_hypernetize.py`` counts all three).
+  (``recipes/bench/bench_hypernetize.py`` counts all three). It is also the body of the continual
+  hypernetworks (:mod:`hypernets.continual.hypernet`): no trunk, chunks over the flat parameter vector, and
+  their own heads (an MLP at PyTorch's default init, an LSTM).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from itertools import pairwise
 
 import torch
@@ -63,36 +66,49 @@ class MLPBody(nn.Module):
 
 
 class ChunkedBody(nn.Module):
-    """``head([trunk(x), chunk embedding k]) -> chunk k``; every tensor gets its own ``ceil(n_t / chunk)`` chunks
-    (the last one cut to length), so no chunk straddles two tensors."""
+    """``head([trunk(x), chunk embedding k]) -> chunk k``, the chunks cut and joined into ``[B, sum(sizes)]``.
+
+    Each of ``sizes`` gets its own ``ceil(size / chunk_size)`` chunks, the last one cut to length: one size per
+    tensor keeps chunks from straddling tensors; one size, the flat vector's, is von Oswald et al.'s chunking.
+    ``trunk`` lists the ReLU trunk's widths; empty, the features are concatenated to the chunk embeddings as they
+    are (von Oswald et al.). ``make_head(fan_in, chunk_size)`` builds the head, which maps the ``[B, chunks,
+    fan_in]`` pairs to ``[B, chunks, chunk_size]``: an MLP here, an LSTM over the chunks in the continual RNN
+    hypernetwork. Interval bound propagation reuses the pieces: :meth:`pairs`, ``head`` and :meth:`cut`.
+    """
 
     def __init__(
         self,
         in_features: int,
         sizes: Sequence[int],
-        hidden: int,
-        layers: int,
+        trunk: Sequence[int],
         chunk_size: int,
         chunk_dim: int,
-        bias: bool,
-        head_std: float,
+        make_head: Callable[[int, int], nn.Module],
     ) -> None:
         super().__init__()
         self.sizes = list(sizes)
         self.chunks_per_tensor = [math.ceil(size / chunk_size) for size in sizes]
-        self.trunk = relu_mlp([in_features] + [hidden] * layers)
+        self.trunk = relu_mlp([in_features, *trunk])
         self.chunk_embeddings = nn.Parameter(torch.randn(sum(self.chunks_per_tensor), chunk_dim))
-        self.head = nn.Sequential(
-            relu_mlp([hidden + chunk_dim, hidden]), output_layer(hidden, chunk_size, bias, head_std)
-        )
+        self.head = make_head((trunk[-1] if trunk else in_features) + chunk_dim, chunk_size)
+
+    def pairs(self, features: Tensor, chunk_embeddings: Tensor) -> Tensor:
+        """``[B, W]`` per condition and ``[chunks, C]`` per chunk -> the head's ``[B, chunks, W + C]`` inputs."""
+        batch, chunks = len(features), len(chunk_embeddings)
+        return torch.cat([features[:, None].expand(-1, chunks, -1), chunk_embeddings.expand(batch, -1, -1)], dim=-1)
+
+    def cut(self, chunks: Tensor) -> Tensor:
+        """The head's ``[B, chunks, chunk_size]`` -> ``[B, sum(sizes)]``, each size's last chunk cut to length."""
+        parts = chunks.split(self.chunks_per_tensor, dim=1)
+        return torch.cat([p.reshape(len(chunks), -1)[:, :size] for p, size in zip(parts, self.sizes, strict=True)], 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.trunk(x)  # [B, hidden]
-        batch, chunks = len(z), len(self.chunk_embeddings)
-        pairs = torch.cat([z[:, None].expand(-1, chunks, -1), self.chunk_embeddings.expand(batch, -1, -1)], dim=-1)
-        out = self.head(pairs)  # [B, chunks, chunk_size]
-        parts = out.split(self.chunks_per_tensor, dim=1)
-        return torch.cat([part.reshape(batch, -1)[:, :size] for part, size in zip(parts, self.sizes, strict=True)], 1)
+        return self.cut(self.head(self.pairs(self.trunk(x), self.chunk_embeddings)))
+
+
+def mlp_head(fan_in: int, fan_out: int, *, hidden: int, bias: bool, std: float) -> nn.Sequential:
+    """The chunked body's head here: one ReLU layer of ``hidden``, then an :func:`output_layer`."""
+    return nn.Sequential(relu_mlp([fan_in, hidden]), output_layer(hidden, fan_out, bias, std))
 
 
 def resolve_body(body: str, hidden: int, num_values: int) -> str:
@@ -118,4 +134,5 @@ def build_body(
     ``head_std``: the outputs' scale at init, relative to order one."""
     if body == "mlp":
         return MLPBody(in_features, sizes, hidden, layers, bias, head_std)
-    return ChunkedBody(in_features, sizes, hidden, layers, chunk_size, chunk_dim, bias, head_std)
+    head = partial(mlp_head, hidden=hidden, bias=bias, std=head_std)
+    return ChunkedBody(in_features, sizes, [hidden] * layers, chunk_size, chunk_dim, head)

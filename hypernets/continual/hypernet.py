@@ -25,6 +25,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from hypernets.conditional.bodies import ChunkedBody
 from hypernets.graph import to_op_graph
 from hypernets.graph.inputs import Inputs
 from hypernets.logah import LoGAH, LoGAHConfig
@@ -102,6 +103,8 @@ class ChunkedHypernet(TaskHypernet):
 
     ``ceil(num_params / chunk_size)`` chunk embeddings are learned and shared by all tasks; the last
     chunk is cut to length. Its size is independent of the target's, set by ``hidden`` and ``chunk_size``.
+    ``body`` is :class:`hypernets.conditional.bodies.ChunkedBody` (the one chunked generator of the library) with
+    no trunk, chunks over the flat parameter vector, and :meth:`make_head`'s head.
     """
 
     def __init__(
@@ -116,34 +119,35 @@ class ChunkedHypernet(TaskHypernet):
         residual: bool = False,
     ) -> None:
         super().__init__(target, num_tasks, embedding_dim, mip)
-        self.num_chunks = math.ceil(self.num_params / chunk_size)
-        self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, chunk_embedding_dim))
-        self.body = self.make_body([embedding_dim + chunk_embedding_dim, *hidden, chunk_size])
+        self.body = ChunkedBody(
+            embedding_dim,
+            [self.num_params],
+            (),
+            chunk_size,
+            chunk_embedding_dim,
+            lambda fan_in, fan_out: self.make_head([fan_in, *hidden, fan_out]),
+        )
         self.residual = residual
         if residual:
             theta0 = torch.cat([p.detach().reshape(-1) for p in target.parameters()])
             self.register_buffer("theta0", theta0.clone())
             with torch.no_grad():
-                self.body[-1].weight.mul_(INITIAL_RESIDUAL_GAIN)
-                self.body[-1].bias.mul_(INITIAL_RESIDUAL_GAIN)
+                self.body.head[-1].weight.mul_(INITIAL_RESIDUAL_GAIN)
+                self.body.head[-1].bias.mul_(INITIAL_RESIDUAL_GAIN)
 
-    def make_body(self, sizes: Sequence[int]) -> nn.Sequential:
+    def make_head(self, sizes: Sequence[int]) -> nn.Sequential:
         """``[k, chunks, sizes[0]]`` inputs -> ``[k, chunks, sizes[-1]]`` chunks, ending in a linear layer.
         Here an MLP that makes every chunk on its own; :class:`~hypernets.continual.rnn.RNNHypernet` chains them."""
         return relu_mlp(sizes)
 
-    def chunk_inputs(self, per_task: Tensor, chunks: Tensor) -> Tensor:
-        """``[k, M]`` per task and ``[num_chunks, C]`` per chunk -> the body's ``[k, num_chunks, M + C]`` inputs."""
-        k = len(per_task)
-        return torch.cat([per_task[:, None].expand(k, self.num_chunks, -1), chunks[None].expand(k, -1, -1)], dim=-1)
-
-    def flat(self, chunks: Tensor) -> Tensor:
-        """The body's ``[k, num_chunks, chunk_size]`` outputs -> ``[k, num_params]``, the last chunk cut."""
-        return chunks.reshape(len(chunks), -1)[:, : self.num_params]
+    @property
+    def chunk_embeddings(self) -> nn.Parameter:
+        """The ``[num_chunks, chunk_embedding_dim]`` learned chunk embeddings, shared by all tasks."""
+        return self.body.chunk_embeddings
 
     def forward(self, tasks: Tensor) -> Tensor:
         """``[k]`` task ids -> ``[k, num_params]`` flat target parameters."""
-        flat = self.flat(self.body(self.chunk_inputs(self.embed(tasks), self.chunk_embeddings)))
+        flat = self.body(self.embed(tasks))
         return flat + self.theta0 if self.residual else flat
 
 

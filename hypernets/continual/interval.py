@@ -190,11 +190,12 @@ class IntervalHypernet(ChunkedHypernet):
 
     def bounds(self, center: Tensor, radius: Tensor | float) -> tuple[Tensor, Tensor]:
         """``[k, M]`` embedding boxes -> ``[k, num_params]`` center and radius of the weight boxes."""
-        radius = torch.as_tensor(radius).expand_as(center)
-        center = self.chunk_inputs(center, self.chunk_embeddings)
-        radius = self.chunk_inputs(radius, torch.zeros_like(self.chunk_embeddings))  # chunk embeddings are points
-        center, radius = sequential_bounds(self.body, center, radius)
-        return self.flat(center), self.flat(radius)
+        body = self.body
+        center, radius = sequential_bounds(body.trunk, center, torch.as_tensor(radius).expand_as(center))
+        center = body.pairs(center, body.chunk_embeddings)
+        radius = body.pairs(radius, torch.zeros_like(body.chunk_embeddings))  # chunk embeddings are points
+        center, radius = sequential_bounds(body.head, center, radius)
+        return body.cut(center), body.cut(radius)
 
     def task_bounds(self, tasks: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor]:
         """``[k]`` task ids -> their weight boxes, with the embedding radii scaled by ``share``."""

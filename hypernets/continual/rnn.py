@@ -65,10 +65,10 @@ class RNNHypernet(ChunkedHypernet):
         chained: bool = True,
     ) -> None:
         super().__init__(target, num_tasks, embedding_dim, chunk_embedding_dim, chunk_size, hidden, mip, residual)
-        for layer in self.body[:-1]:
+        for layer in self.body.head[:-1]:
             layer.chained = chained
 
-    def make_body(self, sizes: Sequence[int]) -> nn.Sequential:
+    def make_head(self, sizes: Sequence[int]) -> nn.Sequential:
         """LSTM layers for ``sizes[:-1]``, then the linear head to ``sizes[-1]``."""
         layers = [LSTMLayer(fan_in, fan_out) for fan_in, fan_out in pairwise(sizes[:-1])]
         return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
