@@ -251,6 +251,14 @@ def add_train_parser(commands: argparse._SubParsersAction, parents: list[argpars
         "(keeps predictions fine-tunable; 0: off; docs/benchmarks.md, issue 28)",
     )
     train.add_argument(
+        "--stream-penalty",
+        type=number(0, 1_000_000),
+        default=defaults["stream_penalty"],
+        metavar="X",
+        help="GPT-2 families: weight of a loss term on each block's residual write past 4x the embeddings' rms "
+        "(0: off)",
+    )
+    train.add_argument(
         "--base-gain-floor",
         type=number(0, 1000),
         default=defaults["base_gain_floor"],
@@ -420,6 +428,8 @@ def run_train(args: argparse.Namespace) -> int:
     check_output(args.out, "--out", directory=True, overwrite=True)  # an existing run directory is resumed
     if args.min_lr > args.lr:
         raise UsageError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}")
+    if args.stream_penalty and args.family == "vit":
+        raise UsageError("--stream-penalty reads GPT-2's residual stream: use it with --family gpt2 or gpt2-wide")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -452,6 +462,7 @@ def run_train(args: argparse.Namespace) -> int:
         gain_lr_scale=args.gain_lr_scale,
         grad_clip=args.grad_clip,
         spectral_penalty=args.spectral_penalty,
+        stream_penalty=args.stream_penalty,
         base_gain_floor=args.base_gain_floor,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,

@@ -49,6 +49,8 @@ def test_errors_exit_with_status_2(tmp_path, capsys):
     assert "hypernets: error:" in capsys.readouterr().err
     assert main(["evaluate", "--hypernet", "no-name", "--out", str(tmp_path)]) == 2
     assert "expected NAME=DIR" in capsys.readouterr().err
+    assert main(["train", "--family", "vit", "--out", str(tmp_path / "run"), "--stream-penalty", "1"]) == 2
+    assert "use it with --family gpt2" in capsys.readouterr().err
 
 
 def test_bare_evaluate_compares_the_shipped_hypernetworks_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -1,15 +1,27 @@
 """The meta-training penalty on predicted spectra: exact largest singular values, zero within random init's
-edge, and the squared excess past it (the training run that applies it: tests/test_train.py)."""
+edge, and the squared excess past it; the same for what GPT-2 blocks write into the residual stream (the
+training run that applies them: tests/test_train.py)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from hypernets.nn.plan import plan_entries
 from hypernets.train.graphs import arch_graph
-from hypernets.train.spectra import in_matrix_view, random_init_top, spectral_excess, top_singular_value
+from hypernets.train.spectra import (
+    STREAM_RATIO,
+    in_matrix_view,
+    random_init_top,
+    residual_writes,
+    spectral_excess,
+    stream_excess,
+    top_singular_value,
+)
 from hypernets.zoo import ArchSampler, get_family
+from hypernets.zoo.gpt2 import GPT2Arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,3 +59,20 @@ def test_spectral_excess_is_zero_at_random_init_and_the_squared_excess_past_it()
     assert spectral_excess([at_edge], [graph]).item() == 0.0
     past = {e.name: spiked(e.rows, e.cols, 3 * reference[e.name], generator) for e in matrices}
     assert spectral_excess([past], [graph]).item() == pytest.approx(4.0, rel=1e-4)  # (3 - 1) ** 2
+
+
+def test_stream_excess_is_zero_at_random_init_and_the_squared_log_excess_past_it():
+    torch.manual_seed(0)
+    model = GPT2Arch(n_layer=1, n_embd=64, n_head=2, n_positions=16).build()
+    x = torch.randint(0, 256, (4, 16))
+    with torch.no_grad(), residual_writes(model) as found:
+        model(x)
+    assert sorted(found) == ["transformer.drop", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj"]
+    assert stream_excess(found).item() == 0.0
+    factor = STREAM_RATIO * math.e * found["transformer.drop"] / found["transformer.h.0.mlp.c_proj"]
+    with torch.no_grad():  # the last writer: scaling it changes nothing that the others read
+        model.transformer.h[0].mlp.c_proj.weight.mul_(factor)
+        model.transformer.h[0].mlp.c_proj.bias.mul_(factor)
+    with torch.no_grad(), residual_writes(model) as found:
+        model(x)
+    assert stream_excess(found).item() == pytest.approx(0.5, rel=1e-4)  # log(e) ** 2 over two writers

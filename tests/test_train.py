@@ -115,12 +115,21 @@ def test_training_logs_the_spectral_penalty_and_keeps_base_gains_at_the_floor(tm
     assert len(records) == 4 and all(r["spectral_excess"] >= 0 for r in records)
 
 
+def test_training_logs_the_stream_penalty_of_gpt2s_only(tmp_path):
+    train(tiny_config(tmp_path, family="gpt2", stream_penalty=0.5, batch_size=2), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["stream_excess"] >= 0 for r in records)
+    with pytest.raises(ValueError, match="residual stream"):
+        tiny_config(tmp_path, stream_penalty=0.5)
+
+
 def test_runs_from_before_a_setting_existed_resume_with_its_default(tmp_path):
     config = tiny_config(tmp_path)
     train(config, stop_after=2, progress=False)
     saved = tmp_path / "checkpoint-2" / "config.json"
     meta = json.loads(saved.read_text())
-    del meta["train"]["spectral_penalty"], meta["train"]["base_gain_floor"]
+    for setting in ("spectral_penalty", "stream_penalty", "base_gain_floor"):
+        del meta["train"][setting]
     saved.write_text(json.dumps(meta))
     train(config, progress=False)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4

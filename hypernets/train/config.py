@@ -44,6 +44,7 @@ class TrainConfig:
     gain_lr_scale: float = 10.0  # the MIP gains (one scalar per op kind) learn this much faster
     grad_clip: float = 1.0
     spectral_penalty: float = 0.0  # weight of hypernets.train.spectra.spectral_excess in the loss (0: off)
+    stream_penalty: float = 0.0  # weight of hypernets.train.spectra.stream_excess (GPT-2 families only; 0: off)
     base_gain_floor: float = 0.0  # the MIP base gains (theta_0's scale per op kind) stay at or above this
     checkpoint_every: int = 250
     seed: int = 0
@@ -68,12 +69,15 @@ class TrainConfig:
                 "gain_lr_scale",
                 "grad_clip",
                 "spectral_penalty",
+                "stream_penalty",
                 "base_gain_floor",
             )
         }
         for name, value in rates.items():
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and at least 0, got {value}")
+        if self.stream_penalty and self.family == "vit":
+            raise ValueError("stream_penalty reads GPT-2's residual stream; the vit family has no such writers")
         if self.lr == 0 or self.min_lr > self.lr or self.grad_clip == 0:
             raise ValueError(f"need 0 <= min_lr <= lr, lr > 0 and grad_clip > 0; got {rates}")
 

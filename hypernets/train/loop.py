@@ -5,10 +5,12 @@ hypernetwork."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hypernets.atomic import atomic_write
@@ -20,9 +22,9 @@ from .config import TrainConfig, lr_at, parameter_groups
 from .distributed import setup
 from .graphs import arch_graph
 from .metrics import MetricsLog, plot_loss, read_metrics
-from .spectra import spectral_excess
+from .spectra import residual_writes, spectral_excess, stream_excess
 from .state import latest_checkpoint, load_state, save_state
-from .tasks import task_for
+from .tasks import Batch, ImageTask, TextTask, task_for
 
 HYPERNET_DIR = "hypernet"  # LoGAH.from_pretrained reads the latest weights from here
 METRICS_FILE = "metrics.jsonl"
@@ -75,10 +77,13 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
         x, y = (t.to(device) for t in task.batch(config.batch_size, data))
         with autocast:
             predicted = model(list(op_graphs))
-            loss = torch.stack([task.loss(net, p, (x, y)) for net, p in zip(nets, predicted, strict=True)]).mean()
-        excess = spectral_excess(predicted, op_graphs) if config.spectral_penalty else None
+            loss, stream = _losses(task, nets, predicted, (x, y), streams=config.stream_penalty > 0)
+        terms = {"stream_excess": stream} if stream is not None else {}
+        if config.spectral_penalty:
+            terms["spectral_excess"] = spectral_excess(predicted, op_graphs)
+        weights = {"spectral_excess": config.spectral_penalty, "stream_excess": config.stream_penalty}
         optimizer.zero_grad(set_to_none=True)
-        (loss if excess is None else loss + config.spectral_penalty * excess).backward()
+        (loss + sum(weights[name] * term for name, term in terms.items())).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(hnet.parameters(), config.grad_clip)
         if not torch.isfinite(grad_norm):  # all ranks see the same averaged gradient, so all stop here
             raise TrainingDiverged(
@@ -94,7 +99,7 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
         if log is not None:
             seconds = time.perf_counter() - start
             record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm.item(), "seconds": seconds}
-            log.write(record if excess is None else {**record, "spectral_excess": dist.mean(excess)})
+            log.write({**record, **{name: dist.mean(term) for name, term in terms.items()}})
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
             bar.update()
         if step % config.checkpoint_every == 0 or step == config.steps:
@@ -105,6 +110,24 @@ def train(config: TrainConfig, stop_after: int | None = None, progress: bool = T
                 _publish(hnet, out, config.family)
     bar.close()
     return hnet
+
+
+def _losses(
+    task: ImageTask | TextTask,
+    nets: Sequence[nn.Module],
+    predicted: Sequence[dict[str, Tensor]],
+    batch: Batch,
+    streams: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The predicted networks' mean loss on ``batch`` and, with ``streams``, their mean
+    :func:`~hypernets.train.spectra.stream_excess`."""
+    losses, excesses = [], []
+    for net, params in zip(nets, predicted, strict=True):
+        with residual_writes(net) if streams else nullcontext({}) as found:
+            losses.append(task.loss(net, params, batch))
+        if streams:
+            excesses.append(stream_excess(found))
+    return torch.stack(losses).mean(), torch.stack(excesses).mean() if streams else None
 
 
 def trained_max_dim(family: Family) -> int:

@@ -2,23 +2,29 @@
 
 A hypernetwork meta-trained on the loss alone predicts GPT-2 matrices of a few singular values 3 to 10 times
 random init's largest: the predicted network starts far ahead of random init and then fine-tunes slowly, its
-residual stream squeezed into a few directions (docs/benchmarks.md, "The trap is the spectra"). The penalty
-here charges each predicted matrix for the part of its largest singular value above what a random init of
-the planned std would have, so meta-training looks for predictions that do without the spikes.
+residual stream squeezed into a few directions (docs/benchmarks.md, "The trap is the spectra"). Two
+penalties let meta-training look for predictions without the trap: :func:`spectral_excess` charges each
+predicted matrix for the part of its largest singular value above what a random init of the planned std
+would have; :func:`stream_excess` charges each GPT-2 block for writing far more into the residual stream than
+the embeddings do (the shipped prediction's first MLP writes 600 times their rms, random init's 2 to 4 times).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from hypernets.nn.plan import matrix_view, plan_entries
 
 POWER_ITERATIONS = 8  # low-rank predictions have a wide gap below their top singular value
+STREAM_RATIO = 4.0  # random init GPT-2's blocks write at most about 4x the embeddings' rms (l2-w512: 1.6 to 4)
+EMBEDDINGS = "transformer.drop"  # GPT-2's module whose output is the embedding stream (tokens + positions)
+WRITERS = ("attn.c_proj", "mlp.c_proj")  # what each GPT-2 block adds to the residual stream
 
 
 def top_singular_value(matrix: Tensor, iterations: int = POWER_ITERATIONS) -> Tensor:
@@ -57,3 +63,28 @@ def spectral_excess(predicted: Sequence[dict[str, Tensor]], graphs: Sequence[Dat
             top = top_singular_value(in_matrix_view(predicted[entry.graph][entry.name]))
             terms.append((top / random_init_top(entry.rows, entry.cols, entry.std) - 1).relu() ** 2)
     return torch.stack(terms).mean()
+
+
+@contextmanager
+def residual_writes(model: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """While open, records (differentiably) the rms of a GPT-2's embedding stream and of what each block's
+    output projection adds to the residual stream, by module name, on every forward pass."""
+    found: dict[str, Tensor] = {}
+    modules = {n: m for n, m in model.named_modules() if n == EMBEDDINGS or n.endswith(WRITERS)}
+    if EMBEDDINGS not in modules:
+        raise ValueError(f"{type(model).__name__} is no GPT-2: it has no {EMBEDDINGS!r} module")
+    record = lambda name: lambda _, __, out: found.__setitem__(name, out.float().pow(2).mean().sqrt())
+    hooks = [module.register_forward_hook(record(name)) for name, module in modules.items()]
+    try:
+        yield found
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def stream_excess(found: dict[str, Tensor]) -> Tensor:
+    """The mean over the writers :func:`residual_writes` found of ``relu(log(rms / (STREAM_RATIO *
+    embeddings' rms))) ** 2``: zero while every block writes at most ``STREAM_RATIO`` times the embeddings'
+    rms, the squared log of the excess past it."""
+    ratios = torch.stack([rms for name, rms in found.items() if name != EMBEDDINGS]) / found[EMBEDDINGS]
+    return ((ratios / STREAM_RATIO).log().relu() ** 2).mean()
