@@ -7,16 +7,13 @@ Each predicted tensor is ``theta_t = theta0_t + gain_t * scale_t * h_t(c)`` unde
   (:mod:`hypernets.conditional.conditions`);
 - ``scale_t`` is fixed: the RMS of the tensor's starting values, so every tensor's prediction starts at its
   own magnitude (a conv kernel at 0.05, a norm weight at 1) whatever the body's width;
-- ``gain_t`` starts at :data:`OUTPUT_GAIN` (3), with ``h`` that much smaller. It is learned with the chunked
-  body, whose one head serves every tensor, so the gain is each tensor's own scale; with the MLP body it is
-  fixed, since each tensor has its own head rows and a learned gain would only rescale them (the same
-  functions, one more parameter per tensor). The product sets the start: under MIP ``gain * h`` is a tenth
-  of order one, so the residual starts small next to ``theta0``; without MIP it is of order one, so the plain
-  parametrization starts at a standard init's scale (a fair baseline, not one whose first forward pass
-  explodes). The split sets the speed: under Adam each head weight moves by about the learning rate per step
-  whatever its size, so a factor of 3 in front of heads 3 times smaller makes the predictions move 3 times
-  faster from the same start, learned gain or fixed (``recipes/bench/bench_hypernetize.py`` measures both
-  parametrizations with it);
+- ``gain_t`` is learned per tensor and starts at :data:`OUTPUT_GAIN` (3), with ``h`` that much smaller. The
+  product sets the start: under MIP ``gain * h`` is a tenth of order one, so the residual starts small next
+  to ``theta0``; without MIP it is of order one, so the plain parametrization starts at a standard init's
+  scale (a fair baseline, not one whose first forward pass explodes). The split sets the speed: under Adam
+  each head weight moves by about the learning rate per step whatever its size, so a factor of 3 in front
+  of heads 3 times smaller makes the predictions move 3 times faster from the same start
+  (``recipes/bench/bench_hypernetize.py`` measures both parametrizations with it);
 - ``theta0`` (MIP only) is learned too and starts from a standard init of the module (``reset_parameters``
   of each layer) or, with ``from_existing=True``, from the module's current (pretrained) values.
 
@@ -117,11 +114,7 @@ class Hypernetized(nn.Module):
             bias=not config.mip,  # under MIP theta0 is every tensor's offset
             head_std=(RESIDUAL_START if config.mip else 1.0) / OUTPUT_GAIN,
         )
-        gain = torch.full((len(sizes),), OUTPUT_GAIN)
-        if config.body == "chunked":  # one head for every tensor: the gain is each tensor's own scale
-            self.gain = nn.Parameter(gain)
-        else:  # each tensor has its own head rows, which a learned gain would only rescale
-            self.register_buffer("gain", gain)
+        self.gain = nn.Parameter(torch.full((len(sizes),), OUTPUT_GAIN))
         self.register_buffer("scale", torch.stack([_scale(value) for value in start]))
         self.register_buffer("sizes", torch.tensor(sizes), persistent=False)  # values per tensor, for the factors
         if config.mip:
@@ -169,8 +162,7 @@ class Hypernetized(nn.Module):
         return self.encoder.embedding.weight
 
     def hypernet_parameters(self) -> list[nn.Parameter]:
-        """The hypernetwork's own parameters (encoder, body, learned gains, theta0), not the module's remaining
-        ones."""
+        """The hypernetwork's own parameters (encoder, body, gains, theta0), not the module's remaining ones."""
         own = {id(p) for p in self.module.parameters()}
         return [p for p in self.parameters() if id(p) not in own]
 
