@@ -1,6 +1,8 @@
 """Benchmark ``hypernetize`` on one task, over several seeds in one run: MIP against the plain parametrization
 (same body), and against the ``hyperlight`` library (the MIP authors') with the same condition encoding and
-hypernetwork size. The task is the label-smoothing-conditioned MNIST CNN of
+no fewer hypernetwork parameters: hyperlight's trunk is 64 wide (our default), ours the widest at which
+neither of our two has more parameters than hyperlight's (63: at equal width ours has one learned gain per
+predicted tensor more). The task is the label-smoothing-conditioned MNIST CNN of
 ``recipes/hyperparameter_conditioned.py``; at each seed every model sees the same batches and conditions.
 
 The probe loss is the training objective on 1,000 fixed training images less its floor (the entropy of
@@ -11,7 +13,8 @@ step (probes excluded); then the hypernetworks both libraries build for torchvis
 hyperlight's README example. Writes ``metrics.jsonl`` (every curve) and ``probe_loss.png`` to ``--out``.
 
 hyperlight is not a dependency of this project; install it for this benchmark only, without its pins:
-``pip install hyperlight --no-deps`` (0.0.5 needs nothing but torch). ``--models MIP plain`` runs without it.
+``pip install hyperlight --no-deps`` (0.0.5 needs nothing but torch). ``--models MIP plain`` runs without it,
+both 64 wide.
 
     python recipes/bench/bench_hypernetize.py
     python recipes/bench/bench_hypernetize.py --steps 1000 --threshold 0.1 --seeds 0 1 2 3 4
@@ -51,6 +54,7 @@ COLORS = {"MIP": "C0", "plain": "C1", "hyperlight": "C2"}
 INSTALL_HYPERLIGHT = "pip install hyperlight --no-deps"
 TIMING_ROUNDS = 10  # rounds of TIMING_STEPS training steps per model, the models taking turns
 TIMING_STEPS = 20
+WIDTH, LAYERS = HypernetizeConfig().hidden, HypernetizeConfig().layers  # hyperlight's trunk; ours is at most as wide
 
 
 class HyperlightModel(nn.Module):
@@ -71,12 +75,22 @@ class HyperlightModel(nn.Module):
             return self.mainnet(images)
 
 
-def build(name: str) -> nn.Module:
-    """One of :data:`MODELS` for the small CNN, all with the default 2-layer, 64-wide MLP trunk."""
+def build(name: str, hidden: int = WIDTH) -> nn.Module:
+    """One of :data:`MODELS` for the small CNN with a 2-layer MLP trunk: hyperlight's :data:`WIDTH` wide, ours
+    ``hidden``."""
     if name == "hyperlight":
-        defaults = HypernetizeConfig()
-        return HyperlightModel(small_cnn(), defaults.hidden, defaults.layers)
-    return hypernetize(small_cnn(), body="mlp", mip=name == "MIP")
+        return HyperlightModel(small_cnn(), WIDTH, LAYERS)
+    return hypernetize(small_cnn(), body="mlp", mip=name == "MIP", hidden=hidden, layers=LAYERS)
+
+
+def matched_hidden(budget: int | None) -> int:
+    """The widest trunk, up to :data:`WIDTH`, at which neither of our hypernetworks has more than ``budget``
+    parameters (None: :data:`WIDTH`). At equal width ours has one learned gain per predicted tensor more than
+    hyperlight, so the comparison narrows ours rather than changing anything of hyperlight's."""
+    hidden = WIDTH
+    while budget is not None and max(hypernet_size(build(name, hidden)) for name in ("MIP", "plain")) > budget:
+        hidden -= 1
+    return hidden
 
 
 def hypernet_size(model: nn.Module) -> int:
@@ -98,10 +112,10 @@ def target_entropy(condition: float, classes: int = 10) -> float:
     return -sum(p * math.log(p) for p in probabilities if p > 0)
 
 
-def curve(name: str, seed: int, settings: TrainSettings, data: LabeledTensorDataset, every: int) -> dict:
+def curve(name: str, hidden: int, seed: int, settings: TrainSettings, data: LabeledTensorDataset, every: int) -> dict:
     """One training run's probe-loss curve ``[(step, loss)]``, hypernetwork size and seconds per step."""
     torch.manual_seed(seed)
-    model = build(name)
+    model = build(name, hidden)
     probe = LabeledTensorDataset(data.images[:PROBE_IMAGES], data.labels[:PROBE_IMAGES], data.classes)
     points = [(0, probe_loss(model, probe))]
     bar = tqdm(total=settings.steps, desc=f"{name} seed {seed}", file=sys.stderr, leave=False)
@@ -127,11 +141,11 @@ def curve(name: str, seed: int, settings: TrainSettings, data: LabeledTensorData
     }
 
 
-def step_times(names: list[str], data: LabeledTensorDataset) -> dict[str, float]:
+def step_times(names: list[str], hidden: int, data: LabeledTensorDataset) -> dict[str, float]:
     """Median milliseconds per training step of each model over rounds in turn (A B C A B C ...): a busy spell
     on shared cores then slows every model alike, and the median drops the rounds it hit hardest."""
     torch.manual_seed(0)
-    models = {name: build(name) for name in names}
+    models = {name: build(name, hidden) for name in names}
     rounds: dict[str, list[float]] = {name: [] for name in names}
     for index in range(TIMING_ROUNDS):
         for name, model in models.items():
@@ -204,15 +218,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data = load_mnist("train", normalize=True)
+    hidden = matched_hidden(hypernet_size(build("hyperlight")) if with_hyperlight else None)
     runs = []
     with open(args.out / "metrics.jsonl", "w") as f:
         for seed in args.seeds:
             settings = TrainSettings(steps=args.steps, seed=seed)
             for name in args.models:
-                runs.append(curve(name, seed, settings, data, args.every))
+                runs.append(curve(name, hidden, seed, settings, data, args.every))
                 print(json.dumps(runs[-1]), file=f, flush=True)
     plot(runs, args.threshold, args.out / "probe_loss.png")
-    medians = step_times(args.models, data)
+    medians = step_times(args.models, hidden, data)
 
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {args.threads} torch thread(s), torch {torch.__version__}"
@@ -231,7 +246,9 @@ def main() -> None:
             steps += f" ({len(reached)} of {len(mine)} seeds; the others never)"
         final = mean_std([run["points"][-1][1] for run in mine], 3)
         speed = mean_std([run["ms_per_step"] for run in mine], 1)
-        print(f"| {name} | {mine[0]['parameters']:,} | {steps} | {final} | {speed} | {medians[name]:.1f} |")
+        width = WIDTH if name == "hyperlight" else hidden
+        row = [f"{name}, hidden {width}", f"{mine[0]['parameters']:,}", steps, final, speed, f"{medians[name]:.1f}"]
+        print(f"| {' | '.join(row)} |")
     print(
         f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; the last column: median of "
         f"{TIMING_ROUNDS} rounds of {TIMING_STEPS} steps per model, the models taking turns.\n"
