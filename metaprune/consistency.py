@@ -28,7 +28,12 @@ _SPATIAL = re.compile(r"image|img|patch|resolution|window|kernel|stride|grid|hei
 
 
 class PrunedModelBrokenError(ValueError):
-    """The pruned model no longer runs; the message names the module where it fails and how to keep it whole."""
+    """The pruned model no longer runs; the message names the module where it fails (``module``, when found) and
+    how to keep it whole."""
+
+    def __init__(self, message: str, module: str | None = None) -> None:
+        super().__init__(message)
+        self.module = module
 
 
 def parameter_shapes(model: nn.Module) -> Shapes:
@@ -85,7 +90,8 @@ def naming_breakage(model: nn.Module, example_inputs: Tensor) -> Iterator[None]:
             kind = type(model.get_submodule(failing)).__name__
             raise PrunedModelBrokenError(
                 f"the pruned model fails in module {failing!r} ({kind}) with {message}; keep it whole: "
-                f"prune_model(..., keep=[{failing!r}]) or metaprune prune --keep {failing}"
+                f"prune_model(..., keep=[{failing!r}]) or metaprune prune --keep {failing}",
+                module=failing,
             ) from again
         raise err
 

@@ -213,6 +213,7 @@ def prune_model(
         "head_dims": head_dims,
         "global_pruning": global_pruning,
         "keep": list(keep),
+        "repaired": list(result.repaired),
         "target": {
             "speedup": speedup,
             "param_ratio": param_ratio,

@@ -18,7 +18,14 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .consistency import answer_shapes, check_answer_shapes, naming_breakage, parameter_shapes, sync_size_attributes
+from .consistency import (
+    PrunedModelBrokenError,
+    answer_shapes,
+    check_answer_shapes,
+    naming_breakage,
+    parameter_shapes,
+    sync_size_attributes,
+)
 from .conv1d import Magnitude, customized_pruners, pruner_options
 from .copying import copy_model
 from .finetune import GradHook, finetune
@@ -30,6 +37,7 @@ Method = Literal["group_norm", "l1", "random"]
 METHODS: tuple[str, ...] = ("group_norm", "l1", "random")
 Counter = Literal["macs", "flops"]
 Layers = Sequence[nn.Module | str]
+MAX_REPAIRED = 64  # modules kept whole after pruned copies broke in them, before the failure is the user's to see
 
 
 class ImpossibleTargetError(ValueError):
@@ -64,6 +72,7 @@ class PruneResult:
     steps: int
     base_flops: int | None = None
     flops: int | None = None
+    repaired: tuple[str, ...] = ()  # modules kept whole, with the features they read, after a pruned copy broke there
 
     @property
     def speedup(self) -> float:
@@ -93,6 +102,7 @@ class PruneResult:
             "macs_speedup": self.macs_speedup,
             "param_ratio": self.param_ratio,
             "steps": self.steps,
+            "repaired": list(self.repaired),
         }
 
 
@@ -135,6 +145,10 @@ def prune(
     ``1 / steps`` per step, importance is re-estimated each step, and pruning stops at the first step whose MACs
     (and parameters) meet the targets, so it overshoots by at most one step.
 
+    When a pruned copy no longer runs, the module it fails in is found (some attention sizes its heads or output
+    from its input's width, as MetaFormer's, NesT's and lambda layers do), and pruning starts again with every module
+    of that class, and the features they read, kept whole (``PruneResult.repaired`` names them).
+
     Args:
         model: the network; its parameters must be finite.
         example_inputs: a batch the model accepts, used to trace the dependency graph and count MACs.
@@ -162,7 +176,8 @@ def prune(
 
     Raises:
         ImpossibleTargetError: no step of the schedule reaches a target.
-        PrunedModelBrokenError: the pruned model no longer runs (the message names the module to keep).
+        PrunedModelBrokenError: the pruned model no longer runs, and keeping the module it fails in whole did not
+            help (the message names the module).
         NonFiniteWeightError: a parameter or buffer of ``model`` holds NaN or infinity.
     """
     targets = {"speedup": speedup, "param_ratio": param_ratio}
@@ -178,6 +193,60 @@ def prune(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     check_finite(model)
+    options = dict(
+        speedup=speedup,
+        param_ratio=param_ratio,
+        method=method,
+        ignored_layers=ignored_layers,
+        keep=keep,
+        global_pruning=global_pruning,
+        head_ratio=head_ratio,
+        head_dims=head_dims,
+        steps=steps,
+        counter=counter,
+        seed=seed,
+        progress=progress,
+    )
+    repaired: list[str] = []
+    while True:
+        try:
+            return _prune_copy(model, example_inputs, repaired=repaired, **options)
+        except PrunedModelBrokenError as broken:
+            same_kind = [name for name in _same_kind(model, broken.module) if name not in repaired]
+            if not same_kind or len(repaired) >= MAX_REPAIRED:
+                raise
+            repaired += same_kind
+
+
+def _same_kind(model: nn.Module, name: str | None) -> list[str]:
+    """The modules of ``model`` of the same class as the one named ``name``, in the model's order (none when
+    ``name`` is None)."""
+    if name is None:
+        return []
+    kind = type(model.get_submodule(name))
+    return [other for other, module in model.named_modules() if type(module) is kind]
+
+
+def _prune_copy(
+    model: nn.Module,
+    example_inputs: Tensor,
+    *,
+    speedup: float | None,
+    param_ratio: float | None,
+    method: Method,
+    ignored_layers: Layers | None,
+    keep: Sequence[str],
+    global_pruning: bool,
+    head_ratio: float,
+    head_dims: bool,
+    steps: int,
+    counter: Counter,
+    seed: int,
+    progress: bool,
+    repaired: Sequence[str],
+) -> PruneResult:
+    """One attempt of :func:`prune`, with the modules named in ``repaired`` and the feature spaces they read kept
+    whole."""
     imp = importance(method)
     pruned = copy_model(model)
     with _without_cache(pruned):
@@ -192,7 +261,7 @@ def prune(
 
         with torch.random.fork_rng(devices=[]), torch.enable_grad(), quirks_handled():
             torch.manual_seed(seed)
-            ignored, chunked = _layers(model, pruned, example_inputs, ignored_layers, keep)
+            ignored, chunked = _layers(model, pruned, example_inputs, ignored_layers, keep, repaired)
             if head_ratio > 0:
                 _prune_heads(pruned, example_inputs, imp, ignored, head_ratio)
             with _naming_torch_pruning("building the dependency graph"):
@@ -229,7 +298,9 @@ def prune(
     if param_ratio is not None and base_params < param_ratio * params:
         raise ImpossibleTargetError("param_ratio", param_ratio, base_params / params)
     flops = (base_cost, cost) if counter == "flops" else (None, None)
-    return PruneResult(pruned, method, base_macs, macs, base_params, params, pruner.current_step, *flops)
+    return PruneResult(
+        pruned, method, base_macs, macs, base_params, params, pruner.current_step, *flops, repaired=tuple(repaired)
+    )
 
 
 def _cost(model: nn.Module, example_inputs: Tensor, counter: Counter, macs: int) -> int:
@@ -472,16 +543,23 @@ def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
 
 
 def _layers(
-    original: nn.Module, target: nn.Module, example_inputs: Tensor, layers: Layers | None, keep: Sequence[str] = ()
+    original: nn.Module,
+    target: nn.Module,
+    example_inputs: Tensor,
+    layers: Layers | None,
+    keep: Sequence[str] = (),
+    repaired: Sequence[str] = (),
 ) -> tuple[list[nn.Module], dict[nn.Module, int]]:
-    """The modules of ``target`` kept whole: ``layers`` (default :func:`_kept_by_default`), ``keep``, and, always,
-    those the dependency graph would read wrongly or cannot map (see :func:`metaprune.tp_quirks.unmappable_roots`);
-    and its fused linears, by their number of equal chunks (see :mod:`metaprune.token_mixing`). Call within
-    ``torch.enable_grad()`` and :func:`metaprune.tp_quirks.quirks_handled`."""
-    misread = misreadings(original, example_inputs)
+    """The modules of ``target`` kept whole: ``layers`` (default :func:`_kept_by_default`), ``keep``, ``repaired``
+    with every layer writing into the feature spaces they read, and, always, those the dependency graph would read
+    wrongly or cannot map (see :func:`metaprune.tp_quirks.unmappable_roots`); and its fused linears, by their number
+    of equal chunks (see :mod:`metaprune.token_mixing`). Call within ``torch.enable_grad()`` and
+    :func:`metaprune.tp_quirks.quirks_handled`."""
+    misread = misreadings(original, example_inputs, whole_inputs=repaired)
     if layers is None:
         layers = _kept_by_default(original, misread)
-    ignored = [m for names in (layers, misread.kept, list(keep)) for m in _resolve_layers(original, target, names)]
+    kept = (layers, misread.kept, list(keep), list(repaired))
+    ignored = [m for names in kept for m in _resolve_layers(original, target, names)]
     with _naming_torch_pruning("building the dependency graph"):
         ignored += unmappable_roots(target, example_inputs, ignored, **pruner_options())
     fused = _resolve_layers(original, target, list(misread.chunked))

@@ -80,6 +80,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
     if report.get("rewrite_strength") is not None:
         tried = ", ".join(f"{c['rewrite_strength']:g}" for c in report["candidates"])
         lines.append(f"Metanetwork rewrite strength {report['rewrite_strength']:g} (tried {tried}).")
+    if report.get("repaired"):
+        repaired = report["repaired"]
+        lines.append(
+            f"Kept whole, with the features they read, after a pruned copy broke in them: {len(repaired)} "
+            f"module{'s' if len(repaired) > 1 else ''} (`{repaired[0]}`{', ...' if len(repaired) > 1 else ''})."
+        )
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ layers can be kept whole.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +52,15 @@ class _FeatureAxes(TorchFunctionMode):
     """Tracks the feature axis and the feature space of every tensor of one forward pass (where they are known)
     and records what the dependency graph would read wrongly (see the module's docstring)."""
 
-    def __init__(self, weights: dict[int, str], writers: dict[int, str], with_layers: set[str]) -> None:
+    def __init__(
+        self, weights: dict[int, str], writers: dict[int, str], with_layers: set[str], whole_inputs: Collection[str]
+    ) -> None:
         super().__init__()
         self.weights = weights  # id of a Linear's weight -> the Linear's name
         self.writers = writers  # id of a Linear's or convolution's weight -> its name
         self.layers = set(writers.values())
         self.with_layers = with_layers  # modules that hold a Linear or convolution (or are one)
+        self.whole_inputs = set(whole_inputs)  # modules whose input's feature space stays whole
         self.spaces = _FeatureSpaces()
         self.axes: dict[int, int] = {}  # id of a tensor -> its feature axis, from the front
         self.alive: list[Tensor] = []  # keeps every tracked tensor alive, so that ids are not reused
@@ -120,6 +123,8 @@ class _FeatureAxes(TorchFunctionMode):
         """``module``'s forward starts with ``args``: a ``[..., tokens, features]`` input has its tokens noted."""
         self.running.append(module)
         source = args[0] if args else None
+        if module in self.whole_inputs and isinstance(source, Tensor):
+            self.spaces.keep(source)
         if isinstance(source, Tensor) and source.dim() >= 3 and self._axis(source) == source.dim() - 1:
             self.tokens[module] = source.shape[-2]
 
@@ -340,12 +345,14 @@ class Misreadings:
         )
 
 
-def misreadings(model: nn.Module, example_inputs: Tensor) -> Misreadings:
-    """Every kind of misreading in ``model``, found by running ``example_inputs`` once without gradients.
+def misreadings(model: nn.Module, example_inputs: Tensor, whole_inputs: Collection[str] = ()) -> Misreadings:
+    """Every kind of misreading in ``model``, found by running ``example_inputs`` once without gradients; the
+    feature spaces that the modules named in ``whole_inputs`` read are kept whole too (their writers join
+    ``stream_writers``).
 
     Attention unlike a ViT's: normalized over another length than the tokens it is given (XCiT's cross-covariance
     attention, over each head's channels), or with a ``qkv`` split otherwise than ``(3, heads, head_dim)``."""
-    mode = _trace(model, example_inputs)
+    mode = _trace(model, example_inputs, whole_inputs)
     equal = {name: parts for name, parts in mode.chunks.items() if parts is not None}
     return Misreadings(
         along_tokens=_named(model, mode.along_tokens),
@@ -366,7 +373,7 @@ def _heads_unlike_vit(mode: _FeatureAxes) -> set[str]:
     return {owner for owner in mode.attention if mode.feature_splits.get(f"{owner}.qkv", (3,))[0] != 3}
 
 
-def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
+def _trace(model: nn.Module, example_inputs: Tensor, whole_inputs: Collection[str]) -> _FeatureAxes:
     """One forward pass of ``example_inputs`` in eval mode without gradients, the feature axes followed."""
     layers = {name: m for name, m in model.named_modules() if is_layer(m)}
     with_layers = {name for name, m in model.named_modules() if any(is_layer(sub) for sub in m.modules())}
@@ -374,6 +381,7 @@ def _trace(model: nn.Module, example_inputs: Tensor) -> _FeatureAxes:
         {id(m.weight): name for name, m in layers.items() if isinstance(m, nn.Linear)},
         {id(m.weight): name for name, m in layers.items()},
         with_layers,
+        whole_inputs,
     )
     hooks = [hook for name, module in model.named_modules() if name for hook in _record(mode, name, module)]
     was_training = model.training

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -37,6 +38,7 @@ from torch_pruning.dependency import index_mapping
 __all__ = ["map_chunks", "quirks_handled", "refresh_split_offsets", "unmappable_roots"]
 
 MAX_MAPPED_INDICES = 1 << 20  # a channel group whose reshapes map more indices than this has been misread
+MAX_VISITS = 16  # a channel group that reaches one layer's channels more often than this goes round a cycle
 
 
 def refresh_split_offsets(graph: tp.DependencyGraph) -> None:
@@ -126,9 +128,10 @@ def unmappable_roots(
     root_module_types: list[type[nn.Module]],
 ) -> list[nn.Module]:
     """The layers (of ``root_module_types``, not in ``ignored``) whose channel group Torch-Pruning cannot map: it
-    indexes past a layer, or multiplies indices through reshapes it misreads (NesT's and Lambda-ResNet's blocks,
-    where it would enumerate indices until memory runs out). Kept whole, no group starts there. Call within
-    :func:`quirks_handled`."""
+    indexes past a layer, multiplies indices through reshapes it misreads (NesT's and Lambda-ResNet's blocks,
+    where it would enumerate indices until memory runs out), or goes round a cycle adding dependencies without end
+    (FocalNet's modulation, where one gate channel sliced off a linear multiplies all of a map's channels). Kept
+    whole, no group starts there. Call within :func:`quirks_handled`."""
     graph = tp.DependencyGraph().build_dependency(model, example_inputs, customized_pruners=customized_pruners)
     kinds = tuple(root_module_types)
     roots = [m for m in model.modules() if isinstance(m, kinds) and m in graph.module2node and m not in ignored]
@@ -142,17 +145,29 @@ def unmappable_roots(
             raise _MappingBlewUp
         return flatten(mapping, idxs)
 
+    add_dep = tp.dependency.Group.add_dep
+    visits: Counter = Counter()  # (layer, pruning function) -> how often the group being built reached it
+
+    def bounded(group: tp.dependency.Group, dep: tp.Dependency, idxs: list) -> None:
+        visits[dep.target, dep.handler] += 1
+        if visits[dep.target, dep.handler] > MAX_VISITS:
+            raise _MappingBlewUp
+        add_dep(group, dep, idxs)
+
     unmappable = []
     index_mapping._FlattenIndexMapping.__call__ = capped
+    tp.dependency.Group.add_dep = bounded
     try:
         for root in roots:
             prune_out, mapped[0] = graph.get_pruner_of_module(root).prune_out_channels, 0
+            visits.clear()
             try:
                 graph.get_pruning_group(root, prune_out, idxs=list(range(graph.get_out_channels(root))))
             except (_MappingBlewUp, IndexError):
                 unmappable.append(root)
     finally:
         index_mapping._FlattenIndexMapping.__call__ = flatten
+        tp.dependency.Group.add_dep = add_dep
     return unmappable
 
 

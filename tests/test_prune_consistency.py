@@ -111,14 +111,89 @@ def test_a_size_some_dimension_kept_is_left_alone() -> None:
     assert (module.width, module.sizes) == (3, [3, 2])  # 4 -> 3 and 3 -> 2 at once: each size maps once
 
 
-def test_a_broken_pruned_model_names_the_module_to_keep() -> None:
+def test_a_broken_pruned_model_names_the_module_to_keep(monkeypatch) -> None:
     model = network(StoredWidth(8)).eval()
     x = torch.randn(1, 3, 8, 8)
-    with pytest.raises(PrunedModelBrokenError, match=r"module '2' \(StoredWidth\).*--keep 2"):
+    monkeypatch.setattr("metaprune.prune.MAX_REPAIRED", 0)
+    with pytest.raises(PrunedModelBrokenError, match=r"module '2' \(StoredWidth\).*--keep 2") as raised:
         prune(model, x, speedup=1.2)
+    assert raised.value.module == "2"
     kept = prune(model, x, speedup=1.2, keep=["2"])
     assert kept.model[2].conv.out_channels == 8
     assert kept.model(x).shape == (1, 10)
+
+
+def test_a_module_a_pruned_copy_breaks_in_is_kept_whole_with_the_features_it_reads() -> None:
+    """Its reshape reads its input's width: keeping it whole is not enough, the convolution writing its input stays
+    whole too, and pruning goes on elsewhere."""
+    model = network(StoredWidth(8)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    result = prune(model, x, speedup=1.2)
+    assert result.repaired == ("2",)
+    assert [result.model[0].out_channels, result.model[2].conv.out_channels] == [8, 8]
+    assert result.model[3].out_channels < 16
+    assert result.to_dict()["repaired"] == ["2"]
+    assert result.model(x).shape == (1, 10)
+
+
+class _RootReshape(nn.Module):
+    """Breaks in its own forward, outside any submodule: nothing to keep whole, so the failure stays the user's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 10, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        return self.head(y.reshape(len(x), 8, y[0, 0].numel()).reshape(y.shape))
+
+
+def test_a_failure_outside_any_module_is_not_repaired() -> None:
+    with pytest.raises(PrunedModelBrokenError, match="the pruned model fails with RuntimeError") as raised:
+        prune(_RootReshape().eval(), torch.randn(1, 3, 4, 4), speedup=1.2)
+    assert raised.value.module is None
+
+
+def _caformer() -> nn.Module:
+    from timm.models.metaformer import Attention, LayerNorm2dNoBias, LayerNormNoBias, SepConv
+
+    norms = [LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2
+    return MetaFormer(**METAFORMER, token_mixers=(SepConv, SepConv, Attention, Attention), norm_layers=norms)
+
+
+def _nest() -> nn.Module:
+    from timm.models.nest import Nest
+
+    return Nest(img_size=32, patch_size=4, num_levels=2, embed_dims=(32, 64), num_heads=(2, 4), depths=(1, 1))
+
+
+@pytest.mark.parametrize(
+    "build, attention",
+    [
+        (_caformer, ["stages.2.blocks.0.token_mixer", "stages.3.blocks.0.token_mixer"]),
+        pytest.param(
+            _nest,
+            ["levels.0.transformer_encoder.0.attn", "levels.1.transformer_encoder.0.attn"],
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["caformer", "nest"],
+)
+def test_attention_sized_from_its_input_width_is_repaired_for_every_module_of_its_kind(
+    build, attention: list[str], monkeypatch
+) -> None:
+    """CAFormer's and NesT's attention reshape their output (NesT: their heads) by the width of their input, so a
+    pruned residual stream broke them; every attention module of the class is kept whole with its stream, at once."""
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(1, 3, 32, 32)
+    result = prune(model, x, speedup=1.3)
+    assert list(result.repaired) == attention
+    assert result.speedup >= 1.3 and result.params < result.base_params
+    assert result.model(x).shape == model(x).shape
+    monkeypatch.setattr("metaprune.prune.MAX_REPAIRED", 0)
+    with pytest.raises(PrunedModelBrokenError, match=f"module '{attention[0]}' \\(Attention\\)"):
+        prune(model, x, speedup=1.3)
 
 
 def test_an_output_without_logits_is_a_usage_error() -> None:
@@ -205,3 +280,26 @@ def test_pruning_a_vit_does_not_pass_on_torch_pruning_warnings_the_user_cannot_a
         warnings.simplefilter("always")
         prune(model, torch.randn(1, 3, 32, 32), speedup=1.2)
     assert not [w for w in caught if "Unwrapped parameters" in str(w.message)]
+
+
+def test_the_report_and_its_summary_name_the_modules_kept_after_a_pruned_copy_broke() -> None:
+    from torch.utils.data import TensorDataset
+
+    from metaprune import prune_model
+    from metaprune.report import summary_markdown
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,)))
+    outcome = prune_model(
+        network(StoredWidth(8)).eval(),
+        train=data,
+        val=data,
+        example_inputs=torch.randn(1, 3, 8, 8),
+        speedup=1.2,
+        max_acc_drop=100,
+        finetune_steps=1,
+        batch_size=4,
+        progress=False,
+    )
+    assert outcome.report["repaired"] == ["2"]
+    assert "after a pruned copy broke in them: 1 module (`2`)." in summary_markdown(outcome.report)

@@ -32,7 +32,7 @@ _NOTHING_MISREAD = Misreadings(
 
 def _blind(monkeypatch) -> None:
     """Let pruning see the model as Torch-Pruning alone does."""
-    monkeypatch.setattr("metaprune.prune.misreadings", lambda model, example_inputs: _NOTHING_MISREAD)
+    monkeypatch.setattr("metaprune.prune.misreadings", lambda model, example_inputs, whole_inputs=(): _NOTHING_MISREAD)
 
 
 def _mixer() -> nn.Module:

@@ -6,7 +6,9 @@ import warnings
 
 import pytest
 import torch
+import torch_pruning as tp
 from timm.layers import ScaledStdConv2d
+from timm.models.focalnet import FocalNet
 from timm.models.gcvit import GlobalContextVit
 from timm.models.metaformer import GroupNorm1NoBias, MetaFormer
 from timm.models.nest import Nest
@@ -89,6 +91,43 @@ def test_layers_whose_group_cannot_be_mapped_are_found_before_pruning() -> None:
     assert found == qkv
     with torch.enable_grad(), quirks_handled():
         assert unmappable_roots(model, x, qkv, **pruner_options()) == []  # kept ones are not probed
+
+
+_FOCAL_LAYERS = ("focal_layers.0.0", "focal_layers.1.0")
+
+
+class _Endless(RuntimeError):
+    pass
+
+
+def test_layers_whose_group_goes_round_a_cycle_are_found_before_pruning(monkeypatch) -> None:
+    """FocalNet's modulation multiplies all of a map's channels by one gate channel sliced off a linear: Torch-Pruning
+    goes round that cycle adding the same dependencies without end (the full FocalNet-T was still in it after
+    300 s). The probe stops each group at its 17th visit to one layer, and names the layers to keep whole."""
+    torch.manual_seed(0)
+    model = FocalNet(depths=(1, 1), embed_dim=16, num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.enable_grad(), quirks_handled():
+        found = unmappable_roots(model, x, [], **pruner_options())
+    names = {module: name for name, module in model.named_modules()}
+    assert [names[m] for m in found] == [
+        f"layers.{i}.blocks.0.modulation.{layer}" for i in (0, 1) for layer in ("f", "h", *_FOCAL_LAYERS)
+    ]
+    result = prune(model, x, speedup=1.2)
+    assert result.speedup >= 1.2 and result.model(x).shape == (1, 3)
+
+    add_dep = tp.dependency.Group.add_dep
+
+    def counted(group: tp.dependency.Group, dep: tp.Dependency, idxs: list) -> None:
+        if len(group) > 5000:
+            raise _Endless
+        add_dep(group, dep, idxs)
+
+    monkeypatch.setattr(tp.dependency.Group, "add_dep", counted)
+    graph = tp.DependencyGraph().build_dependency(model, x)
+    h = model.layers[0].blocks[0].modulation.h
+    with pytest.raises(_Endless):  # Torch-Pruning alone: over 5000 dependencies in a group of a 16-channel layer
+        graph.get_pruning_group(h, tp.prune_conv_out_channels, idxs=list(range(16)))
 
 
 def test_a_norm_without_a_bias_keeps_none() -> None:
