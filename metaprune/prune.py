@@ -219,9 +219,10 @@ def prune(
 
 
 def _same_kind(model: nn.Module, name: str | None) -> list[str]:
-    """The modules of ``model`` of the same class as the one named ``name``, in the model's order (none when
-    ``name`` is None)."""
-    if name is None:
+    """The modules of ``model`` of the same class as the one named ``name``, in the model's order; none when
+    ``name`` is None or a layer (a layer fails on inputs that something before it shaped wrongly: keeping every
+    layer of its class whole would leave nothing to prune)."""
+    if name is None or is_layer(model.get_submodule(name)):
         return []
     kind = type(model.get_submodule(name))
     return [other for other, module in model.named_modules() if type(module) is kind]

@@ -148,6 +148,15 @@ class _RootReshape(nn.Module):
         return self.head(y.reshape(len(x), 8, y[0, 0].numel()).reshape(y.shape))
 
 
+def test_only_modules_that_are_not_layers_are_repaired() -> None:
+    from metaprune.prune import _same_kind
+
+    model = nn.Sequential(StoredWidth(8), nn.Linear(8, 8), StoredWidth(8))
+    assert _same_kind(model, "2") == ["0", "2"]
+    assert _same_kind(model, "1") == []  # a linear failing on its input: the cause is before it
+    assert _same_kind(model, None) == []
+
+
 def test_a_failure_outside_any_module_is_not_repaired() -> None:
     with pytest.raises(PrunedModelBrokenError, match="the pruned model fails with RuntimeError") as raised:
         prune(_RootReshape().eval(), torch.randn(1, 3, 4, 4), speedup=1.2)
