@@ -52,7 +52,7 @@ PROBE_IMAGES = 1000
 MODELS = ("MIP", "plain", "hyperlight")
 COLORS = {"MIP": "C0", "plain": "C1", "hyperlight": "C2"}
 INSTALL_HYPERLIGHT = "pip install hyperlight --no-deps"
-TIMING_ROUNDS = 10  # rounds of TIMING_STEPS training steps per model, the models taking turns
+TIMING_ROUNDS = 20  # rounds of TIMING_STEPS training steps per model, the models taking turns
 TIMING_STEPS = 20
 WIDTH, LAYERS = HypernetizeConfig().hidden, HypernetizeConfig().layers  # hyperlight's trunk; ours is at most as wide
 
@@ -141,9 +141,10 @@ def curve(name: str, hidden: int, seed: int, settings: TrainSettings, data: Labe
     }
 
 
-def step_times(names: list[str], hidden: int, data: LabeledTensorDataset) -> dict[str, float]:
-    """Median milliseconds per training step of each model over rounds in turn (A B C A B C ...): a busy spell
-    on shared cores then slows every model alike, and the median drops the rounds it hit hardest."""
+def step_times(names: list[str], hidden: int, data: LabeledTensorDataset) -> dict[str, list[float]]:
+    """Milliseconds per training step of each model in :data:`TIMING_ROUNDS` rounds of :data:`TIMING_STEPS`
+    steps, the models taking turns (A B C A B C ...): a busy spell on shared cores then slows every model
+    alike, and a median drops the rounds it hit hardest."""
     torch.manual_seed(0)
     models = {name: build(name, hidden) for name in names}
     rounds: dict[str, list[float]] = {name: [] for name in names}
@@ -152,11 +153,29 @@ def step_times(names: list[str], hidden: int, data: LabeledTensorDataset) -> dic
             start = time.perf_counter()
             train(model, data, TrainSettings(steps=TIMING_STEPS, seed=index))
             rounds[name].append(1000 * (time.perf_counter() - start) / TIMING_STEPS)
-    return {name: statistics.median(times) for name, times in rounds.items()}
+    return rounds
+
+
+def ratio_lines(timings: dict[str, list[float]]) -> list[str]:
+    """Each of our models' time per step over hyperlight's, round by round (paired: both in the same spell)."""
+    lines = []
+    for name in (name for name in timings if name != "hyperlight"):
+        ratios = [ours / theirs for ours, theirs in zip(timings[name], timings["hyperlight"], strict=True)]
+        lines.append(
+            f"{name} / hyperlight, round by round: median {statistics.median(ratios):.3f} "
+            f"(quartiles {quartiles(ratios, 3)}); faster in {sum(r < 1 for r in ratios)} of {len(ratios)} rounds"
+        )
+    return lines
 
 
 def steps_to(points: list[tuple[int, float]], threshold: float) -> int | None:
     return next((step for step, loss in points if loss <= threshold), None)
+
+
+def quartiles(values: list[float], digits: int = 1) -> str:
+    """The first and third quartiles, ``"q1-q3"``."""
+    first, _, third = statistics.quantiles(values, n=4)
+    return f"{first:.{digits}f}-{third:.{digits}f}"
 
 
 def mean_std(values: list[float], digits: int) -> str:
@@ -227,7 +246,7 @@ def main() -> None:
                 runs.append(curve(name, hidden, seed, settings, data, args.every))
                 print(json.dumps(runs[-1]), file=f, flush=True)
     plot(runs, args.threshold, args.out / "probe_loss.png")
-    medians = step_times(args.models, hidden, data)
+    timings = step_times(args.models, hidden, data)
 
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {args.threads} torch thread(s), torch {torch.__version__}"
@@ -235,7 +254,7 @@ def main() -> None:
     print(f"`python {shlex.join(sys.argv)}` ({machine})\n")
     print(
         f"| parametrization | hypernetwork parameters | steps to probe loss <= {args.threshold:g} | "
-        f"probe loss after {args.steps} steps | ms/step in those runs | ms/step, models in turn (median) |"
+        f"probe loss after {args.steps} steps | ms/step in those runs | ms/step, in turn (median, quartiles) |"
     )
     print("|---|---|---|---|---|---|")
     for name in args.models:
@@ -247,12 +266,15 @@ def main() -> None:
         final = mean_std([run["points"][-1][1] for run in mine], 3)
         speed = mean_std([run["ms_per_step"] for run in mine], 1)
         width = WIDTH if name == "hyperlight" else hidden
-        row = [f"{name}, hidden {width}", f"{mine[0]['parameters']:,}", steps, final, speed, f"{medians[name]:.1f}"]
+        turns = f"{statistics.median(timings[name]):.1f} ({quartiles(timings[name])})"
+        row = [f"{name}, hidden {width}", f"{mine[0]['parameters']:,}", steps, final, speed, turns]
         print(f"| {' | '.join(row)} |")
     print(
-        f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; the last column: median of "
-        f"{TIMING_ROUNDS} rounds of {TIMING_STEPS} steps per model, the models taking turns.\n"
+        f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; the last column: median and "
+        f"quartiles of {TIMING_ROUNDS} rounds of {TIMING_STEPS} steps per model, the models taking turns.\n"
     )
+    if with_hyperlight:
+        print("\n".join(ratio_lines(timings)) + "\n")
     print("| resnet18 conv weights from 10 conditions | hypernetwork parameters | less theta0 |")
     print("|---|---|---|")
     for name, size, body in resnet18_sizes(with_hyperlight):
