@@ -38,7 +38,7 @@ def leaky_mlp(sizes: Sequence[int]) -> nn.Sequential:
 
     Leaky rather than ReLU for speed: at init 16-24% of a ReLU trunk's last units are off for every condition,
     so their head weights never get a gradient, and Adam's second moments keep exact zeros there, on which a
-    CPU's ``sqrt`` is 2-3x slower (docs/conditional.md: 3.3 of 22 ms a step in the benchmark)."""
+    CPU's ``sqrt`` is 2-3x slower (docs/conditional.md: 3.3 ms a step more than hyperlight's in the benchmark)."""
     layers: list[nn.Module] = []
     for fan_in, fan_out in pairwise(sizes):
         linear = nn.Linear(fan_in, fan_out)

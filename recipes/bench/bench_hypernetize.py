@@ -9,8 +9,9 @@ The probe loss is the training objective on 1,000 fixed training images less its
 the smoothed targets: what remains is the KL divergence from them, 0 for a perfect fit), averaged over
 c = 0, 0.25, 0.5, 0.75 and 1, and measured every ``--every`` steps. Prints, as mean ± std over seeds,
 the steps until it first falls to ``--threshold``, its value after ``--steps`` and the training time per
-step (probes excluded); then the hypernetworks both libraries build for torchvision's resnet18 in
-hyperlight's README example. Writes ``metrics.jsonl`` (every curve) and ``probe_loss.png`` to ``--out``.
+step (probes excluded); the time per step with the models taking turns (median and quartiles, and each of
+ours over hyperlight round by round); then the hypernetworks both libraries build for torchvision's resnet18
+in hyperlight's README example. Writes ``metrics.jsonl`` (every curve) and ``probe_loss.png`` to ``--out``.
 
 hyperlight is not a dependency of this project; install it for this benchmark only, without its pins:
 ``pip install hyperlight --no-deps`` (0.0.5 needs nothing but torch). ``--models MIP plain`` runs without it,
