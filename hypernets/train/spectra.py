@@ -7,6 +7,9 @@ penalties let meta-training look for predictions without the trap: :func:`spectr
 predicted matrix for the part of its largest singular value above what a random init of the planned std
 would have; :func:`stream_excess` charges each GPT-2 block for writing far more into the residual stream than
 the embeddings do (the shipped prediction's first MLP writes 600 times their rms, random init's 2 to 4 times).
+Measured (docs/benchmarks.md, "Meta-training against the trap"): the stream penalty brings the prediction's
+fine-tuned loss at width 768 from 0.29 nats behind random init's to 0.01 to 0.03 behind, at about the same step-0
+loss; the spectral penalty makes it worse, alone or beside the stream penalty.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ def top_singular_value(matrix: Tensor, iterations: int = POWER_ITERATIONS) -> Te
     vector is found without gradient, as it is at a converged iteration). Deterministic: it starts from the
     mean row direction, which no matrix with a dominant direction is orthogonal to in practice."""
     with torch.no_grad():
-        v = matrix.detach().float().T @ torch.ones(matrix.shape[0], device=matrix.device)
+        fixed = matrix.detach().float()
+        v = fixed.T @ torch.ones(matrix.shape[0], device=matrix.device)
         for _ in range(iterations):
-            v = matrix.detach().float().T @ (matrix.detach().float() @ v)
+            v = fixed.T @ (fixed @ v)
             v = v / v.norm().clamp_min(1e-30)
     return (matrix.float() @ v).norm()
 
