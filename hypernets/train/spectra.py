@@ -8,8 +8,8 @@ predicted matrix for the part of its largest singular value above what a random 
 would have; :func:`stream_excess` charges each GPT-2 block for writing far more into the residual stream than
 the embeddings do (the shipped prediction's first MLP writes 600 times their rms, random init's 2 to 4 times).
 Measured (docs/benchmarks.md, "Meta-training against the trap"): the stream penalty brings the prediction's
-fine-tuned loss at width 768 from 0.29 nats behind random init's to 0.01 to 0.03 behind, at about the same step-0
-loss; the spectral penalty makes it worse, alone or beside the stream penalty.
+fine-tuned loss at widths 768 and 1024 from 0.3 nats behind random init's to between 0.034 behind and 0.037 below
+it, with a step-0 lead as large; the spectral penalty makes it worse, alone or beside the stream penalty.
 """
 
 from __future__ import annotations
