@@ -257,7 +257,7 @@ def add_train_parser(commands: argparse._SubParsersAction, parents: list[argpars
         metavar="X",
         help="GPT-2 families: weight of a loss term on each block's residual write past 4x the embeddings' rms "
         "(0: off; 0.3 took fine-tuned GPT-2s of width 768 and 1024 from 0.3 nats behind random init to between "
-        "0.034 behind and 0.037 below it, docs/benchmarks.md)",
+        "0.1 behind and 0.04 below it, docs/benchmarks.md)",
     )
     train.add_argument(
         "--base-gain-floor",

@@ -8,7 +8,7 @@ predicted matrix for the part of its largest singular value above what a random 
 would have; :func:`stream_excess` charges each GPT-2 block for writing far more into the residual stream than
 the embeddings do (the shipped prediction's first MLP writes 600 times their rms, random init's 2 to 4 times).
 Measured (docs/benchmarks.md, "Meta-training against the trap"): the stream penalty brings the prediction's
-fine-tuned loss at widths 768 and 1024 from 0.3 nats behind random init's to between 0.034 behind and 0.037 below
+fine-tuned loss at widths 768 and 1024 from 0.3 nats behind random init's to between 0.1 behind and 0.04 below
 it, with a step-0 lead as large; the spectral penalty makes it worse, alone or beside the stream penalty.
 """
 
