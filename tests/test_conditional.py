@@ -156,21 +156,6 @@ def test_tied_parameters_are_predicted_once_and_stay_tied() -> None:
     assert torch.allclose(model(tokens, condition=1), expected)
 
 
-def test_the_module_runs_with_the_predicted_tensors_and_gets_its_placeholders_back() -> None:
-    """Bit-exact with ``functional_call`` on the same predicted tensors; the ``meta`` placeholders are back after
-    a forward pass, and after one that raised, so running the bare module still fails loudly."""
-    model = hypernetize(small_cnn(), params=["0.*", "5.weight"])
-    expected = torch.func.functional_call(model.module, model.predict(0.3), (images(),))
-    assert torch.equal(model(images(), condition=0.3), expected)
-    with pytest.raises(RuntimeError):
-        model(torch.randn(2, 3, 8, 8), condition=0.3)  # 3 channels where the first convolution takes 1
-    placeholders = [
-        model.module.get_submodule(name.rpartition(".")[0]).__dict__[name.rpartition(".")[2]]
-        for name in model.targets.names
-    ]
-    assert [tensor.device.type for tensor in placeholders] == ["meta"] * 3
-
-
 def test_every_trunk_unit_passes_a_gradient_to_the_head_at_init() -> None:
     """The trunk is leaky: with ReLU, units off for every condition at init (a fifth of them in the benchmark)
     leave all-zero head columns, zeros in Adam's second moments that made CPU ``sqrt`` 3x slower

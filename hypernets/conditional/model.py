@@ -17,23 +17,23 @@ Each predicted tensor is ``theta_t = theta0_t + gain_t * scale_t * h_t(c)`` unde
 - ``theta0`` (MIP only) is learned too and starts from a standard init of the module (``reset_parameters``
   of each layer) or, with ``from_existing=True``, from the module's current (pretrained) values.
 
-The module runs with the predicted tensors set in place of the placeholders its selected parameters left
-(``functional_call``'s swap, without its generic bookkeeping), and the placeholders put back after; one
-condition serves the whole batch, and a batch of conditions (one per example) goes through ``torch.vmap``.
+The module runs with the predicted tensors through ``torch.func.functional_call``, so nothing is swapped in
+place; one condition serves the whole batch, and a batch of conditions (one per example) goes through
+``torch.vmap``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
 from hypernets.checkpoint import (
@@ -130,8 +130,8 @@ class Hypernetized(nn.Module):
         c, batched = self.encoder.prepare(condition, self.gain.device)
         predicted = self._predict(c)
         if not batched:
-            with self._predicted_in({name: value[0] for name, value in predicted.items()}):
-                return self.module(*args, **kwargs)
+            params = self.targets.with_aliases({name: value[0] for name, value in predicted.items()})
+            return functional_call(self.module, params, args, kwargs)
         _check_batch(len(c), args, kwargs)
         dims = tree_map(lambda v: 0 if isinstance(v, Tensor) else None, (args, kwargs))
         return torch.vmap(self._run_one, in_dims=(0, *dims), randomness="different")(predicted, args, kwargs)
@@ -150,29 +150,8 @@ class Hypernetized(nn.Module):
     def _run_one(self, params: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
         """The module on one example (as a batch of one) with that example's parameters: vmap's body."""
         args, kwargs = tree_map(lambda v: v[None] if isinstance(v, Tensor) else v, (args, kwargs))
-        with self._predicted_in(params):
-            out = self.module(*args, **kwargs)
+        out = functional_call(self.module, self.targets.with_aliases(params), args, kwargs)
         return tree_map(lambda v: v[0] if isinstance(v, Tensor) else v, out)
-
-    @contextmanager
-    def _predicted_in(self, values: dict[str, Tensor]) -> Iterator[None]:
-        """The module with ``values`` (by name, tied names too) in place of its placeholders for the duration.
-
-        What ``torch.func.functional_call`` does for them, without its generic bookkeeping (its tie and name
-        checks over every module: 0.14 ms of a 1.1 ms forward pass of the benchmark's CNN). The placeholders
-        are plain attributes (:func:`hypernets.conditional.targets.detach_targets`), so they are swapped in the
-        instance dict; put back in reverse, so a layer reached under two names ends with its placeholder."""
-        placed: list[tuple[nn.Module, str, Tensor]] = []
-        try:
-            for name, value in self.targets.with_aliases(values).items():
-                owner, _, attribute = name.rpartition(".")
-                layer = self.module.get_submodule(owner)
-                placed.append((layer, attribute, layer.__dict__[attribute]))
-                layer.__dict__[attribute] = value
-            yield
-        finally:
-            for layer, attribute, placeholder in reversed(placed):
-                layer.__dict__[attribute] = placeholder
 
     @property
     def task_embeddings(self) -> nn.Parameter:
