@@ -9,11 +9,10 @@ import math
 import pytest
 import torch
 
-from hypernets.nn.plan import plan_entries
+from hypernets.nn.plan import from_matrix_view, plan_entries, to_matrix_view
 from hypernets.train.graphs import arch_graph
 from hypernets.train.spectra import (
     STREAM_RATIO,
-    in_matrix_view,
     random_init_top,
     residual_writes,
     spectral_excess,
@@ -45,9 +44,10 @@ def test_top_singular_value_is_the_spectral_norm_with_its_gradient():
 
 def test_conv_kernels_take_logahs_matrix_view():
     kernel = torch.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5)
-    matrix = in_matrix_view(kernel)
+    matrix = to_matrix_view(kernel)
     assert matrix.shape == (8, 15)
     assert matrix[5, 7] == kernel[1, 1, 1, 2]  # row o * kh + y, column i * kw + x
+    assert torch.equal(from_matrix_view(matrix, tuple(kernel.shape)), kernel)
 
 
 def test_spectral_excess_is_zero_at_random_init_and_the_squared_excess_past_it():

@@ -131,8 +131,17 @@ def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
+def to_matrix_view(tensor: Tensor) -> Tensor:
+    """:func:`matrix_view` on values: ``tensor`` in LoGAH's 2-D view, a conv kernel (o, i, kh, kw) as
+    (o * kh, i * kw); :func:`from_matrix_view` takes it back."""
+    if tensor.ndim == 4:
+        out, inp, kh, kw = tensor.shape
+        return tensor.permute(0, 2, 1, 3).reshape(out * kh, inp * kw)
+    return tensor.reshape(matrix_view(tuple(tensor.shape)))
+
+
 def from_matrix_view(matrix: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Inverse of :func:`matrix_view` on values."""
+    """Inverse of :func:`matrix_view` on values (of :func:`to_matrix_view`)."""
     if len(shape) == 4:
         out, inp, kh, kw = shape
         return matrix.view(out, kh, inp, kw).permute(0, 2, 1, 3)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from hypernets.nn.plan import matrix_view, plan_entries
+from hypernets.nn.plan import plan_entries, to_matrix_view
 
 POWER_ITERATIONS = 8  # low-rank predictions have a wide gap below their top singular value
 STREAM_RATIO = 4.0  # random init GPT-2's blocks write at most about 4x the embeddings' rms (l2-w512: 1.6 to 4)
@@ -43,15 +43,6 @@ def top_singular_value(matrix: Tensor, iterations: int = POWER_ITERATIONS) -> Te
     return (matrix.float() @ v).norm()
 
 
-def in_matrix_view(tensor: Tensor) -> Tensor:
-    """``tensor`` in LoGAH's 2-D view (:func:`hypernets.nn.plan.matrix_view`), the inverse of
-    ``from_matrix_view``: a conv kernel (o, i, kh, kw) as (o * kh, i * kw)."""
-    if tensor.ndim == 4:
-        out, inp, kh, kw = tensor.shape
-        return tensor.permute(0, 2, 1, 3).reshape(out * kh, inp * kw)
-    return tensor.reshape(matrix_view(tuple(tensor.shape)))
-
-
 def random_init_top(rows: int, cols: int, std: float) -> float:
     """The largest singular value of a ``rows x cols`` Gaussian matrix of std ``std`` (about
     ``std * (sqrt(rows) + sqrt(cols))``, Marchenko-Pastur's edge)."""
@@ -64,7 +55,7 @@ def spectral_excess(predicted: Sequence[dict[str, Tensor]], graphs: Sequence[Dat
     terms = []
     for entry in plan_entries(graphs):
         if entry.is_matrix:
-            top = top_singular_value(in_matrix_view(predicted[entry.graph][entry.name]))
+            top = top_singular_value(to_matrix_view(predicted[entry.graph][entry.name]))
             terms.append((top / random_init_top(entry.rows, entry.cols, entry.std) - 1).relu() ** 2)
     return torch.stack(terms).mean()
 
